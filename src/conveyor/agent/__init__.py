@@ -1,0 +1,1 @@
+"""The agent: checks out code, runs jobs with a backend, reports. Never imports the server."""
