@@ -1,0 +1,754 @@
+"""Getting a job's code: bare mirrors per repository URL and fresh workspaces at exact commits.
+
+Two ways in:
+
+- `MirrorCache` keeps one bare mirror per repository URL (``git clone --mirror`` the first
+  time, ``git fetch --prune`` after that, so only what changed travels) and makes each
+  workspace a ``git clone --shared`` of the mirror, detached at exactly the commit asked for.
+  The server uses it to resolve refs and read the pipeline file; agents use it to check out.
+- `copy_working_tree` makes a workspace from a developer's checkout for ``conveyor exec``:
+  the committed HEAD plus everything not committed yet.
+
+Everything goes through the ``git`` command line. Every git command runs without a
+terminal or askpass prompt and under a timeout, so a URL that needs credentials or a host
+that does not answer fails with a message instead of hanging. Credentials in URLs
+(``https://user:token@host/x``) are cut out of every message and log line, and are never
+written into a mirror's config.
+
+Every failure is a `CheckoutError` whose message says what went wrong, for which URL or
+directory, and what to do about it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import logging
+import os
+import re
+import shutil
+import signal
+import stat
+import subprocess
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+logger = logging.getLogger(__name__)
+
+NETWORK_TIMEOUT_SECONDS = 600.0
+"""Default limit for a clone, fetch or ls-remote; big repositories over slow links need time."""
+LOCAL_TIMEOUT_SECONDS = 120.0
+"""Limit for git commands that only read or write local files."""
+
+# Variables that would point our git commands at another repository (they are set when
+# `conveyor exec` runs from inside a git hook) or that would pop up a password dialog.
+_INHERITED_GIT_VARIABLES_TO_DROP = frozenset(
+    {
+        "GIT_DIR",
+        "GIT_WORK_TREE",
+        "GIT_INDEX_FILE",
+        "GIT_OBJECT_DIRECTORY",
+        "GIT_ALTERNATE_OBJECT_DIRECTORIES",
+        "GIT_COMMON_DIR",
+        "GIT_NAMESPACE",
+        "GIT_PREFIX",
+        "GIT_ASKPASS",
+        "SSH_ASKPASS",
+    }
+)
+
+# Config for every git command: no askpass program from the user's config either, and a
+# transfer that stalls below 1 KB/s for a minute is given up instead of waiting for the
+# overall timeout.
+_NON_INTERACTIVE_CONFIG = (
+    "-c",
+    "core.askPass=",
+    "-c",
+    "http.lowSpeedLimit=1000",
+    "-c",
+    "http.lowSpeedTime=60",
+)
+
+_CREDENTIALS_IN_URL = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s'\"]+@")
+_FULL_SHA = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")
+_ABBREVIATED_SHA = re.compile(r"^[0-9a-f]{4,63}$")
+_MIRROR_NAME_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+_BRANCH_PREFIX = "refs/heads/"
+_TAG_PREFIX = "refs/tags/"
+_MAX_NAMES_IN_MESSAGE = 20
+
+
+class CheckoutError(Exception):
+    """A clone, fetch, ref or workspace problem; the message says what, where and how to fix it."""
+
+
+@dataclass(frozen=True)
+class CommitInfo:
+    """The commit a workspace was made from, and the branch or tag it was asked for by."""
+
+    sha: str
+    branch: str | None
+    tag: str | None
+    message: str
+    author: str
+    """``Name <email>``"""
+    author_name: str
+    author_email: str
+    committed_at: datetime
+
+
+def redact_credentials(text: str) -> str:
+    """`text` with the user and password of every ``scheme://user:password@`` URL replaced.
+
+    The user part goes too: a token is often given as the user (``https://TOKEN@host/x``).
+    """
+    return _CREDENTIALS_IN_URL.sub(r"\g<scheme>***@", text)
+
+
+def _without_credentials(url: str) -> str:
+    """The URL without user and password: what a mirror is named after and remembers."""
+    if "://" not in url:
+        return url
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=host))
+
+
+# --- running git ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _GitResult:
+    returncode: int
+    stdout: bytes
+    stderr: str
+
+    @property
+    def text(self) -> str:
+        return self.stdout.decode("utf-8", errors="replace").strip()
+
+
+def _git_environment() -> dict[str, str]:
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if name not in _INHERITED_GIT_VARIABLES_TO_DROP
+    }
+    env["GIT_TERMINAL_PROMPT"] = "0"
+    # Reading a developer's checkout must not even refresh its index.
+    env["GIT_OPTIONAL_LOCKS"] = "0"
+    # Messages in English, so that the hints below can recognise them.
+    env["LC_ALL"] = "C"
+    env["LANGUAGE"] = "C"
+    if "GIT_SSH" not in env and "GIT_SSH_COMMAND" not in env:
+        env["GIT_SSH_COMMAND"] = "ssh -o BatchMode=yes"
+    return env
+
+
+def _run_git(
+    args: Sequence[str],
+    *,
+    cwd: Path | None = None,
+    timeout: float = LOCAL_TIMEOUT_SECONDS,
+    stdin: bytes | None = None,
+    doing: str,
+) -> _GitResult:
+    """Run ``git args`` without prompts; a timeout or a missing git raises `CheckoutError`.
+
+    `doing` completes "... while <doing>" in messages, e.g. "cloning file:///x".
+    A non-zero exit is returned, not raised: callers decide what it means.
+    """
+    command = ["git", *_NON_INTERACTIVE_CONFIG, *args]
+    logger.debug("git %s (in %s)", redact_credentials(" ".join(args)), cwd or os.getcwd())
+    try:
+        # A session of its own, so that a timeout kills git's helpers too (remote-https,
+        # ssh), which would otherwise keep the pipes open and block us.
+        process = subprocess.Popen(
+            command,
+            cwd=cwd,
+            env=_git_environment(),
+            stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+    except FileNotFoundError as error:
+        raise CheckoutError(
+            f"git is not installed on this host (needed for {doing}): install git "
+            "(e.g. `apt-get install git`) and make sure it is on PATH"
+        ) from error
+    with process:
+        try:
+            stdout, stderr = process.communicate(stdin, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.communicate()
+            raise CheckoutError(
+                f"git did not finish {doing} within {timeout:g} seconds and was stopped: "
+                "check that the host is reachable from this machine, or raise the timeout "
+                "for very large repositories"
+            ) from None
+    return _GitResult(
+        process.returncode, stdout, redact_credentials(stderr.decode("utf-8", "replace").strip())
+    )
+
+
+def _git_checked(
+    args: Sequence[str],
+    *,
+    cwd: Path | None = None,
+    timeout: float = LOCAL_TIMEOUT_SECONDS,
+    stdin: bytes | None = None,
+    doing: str,
+) -> _GitResult:
+    result = _run_git(args, cwd=cwd, timeout=timeout, stdin=stdin, doing=doing)
+    if result.returncode != 0:
+        raise CheckoutError(_failure_message(doing, result.stderr))
+    return result
+
+
+def _failure_message(doing: str, stderr: str) -> str:
+    detail = stderr or "git gave no reason"
+    return f"git failed while {doing}: {detail}{_hint_for(stderr)}"
+
+
+def _hint_for(stderr: str) -> str:
+    """What to do, for the git failures people meet most."""
+    lowered = stderr.lower()
+    if any(
+        sign in lowered
+        for sign in (
+            "terminal prompts disabled",
+            "authentication failed",
+            "could not read username",
+            "could not read password",
+            "permission denied (publickey",
+            "http basic: access denied",
+            "the requested url returned error: 401",
+            "the requested url returned error: 403",
+        )
+    ):
+        return (
+            " -- the repository needs credentials: put a token in the URL "
+            "(https://user:TOKEN@host/...), or give this machine's user an SSH deploy key "
+            "or a git credential helper"
+        )
+    if any(
+        sign in lowered
+        for sign in (
+            "could not resolve host",
+            "connection refused",
+            "connection timed out",
+            "network is unreachable",
+            "failed to connect",
+            "no route to host",
+        )
+    ):
+        return " -- check the URL's host and port, and that it is reachable from this machine"
+    if any(
+        sign in lowered
+        for sign in (
+            "does not appear to be a git repository",
+            "repository not found",
+            "not found",
+            "does not exist",
+            "error: 404",
+        )
+    ):
+        return " -- check that the URL is right and that the repository exists"
+    return ""
+
+
+def _reject_option_like(value: str, what: str) -> None:
+    # A URL or ref starting with "-" would be read by git as an option (e.g. --upload-pack=...).
+    if value.startswith("-"):
+        raise CheckoutError(
+            f"{what} `{redact_credentials(value)}` starts with '-': give a real {what}"
+        )
+
+
+# --- commits -------------------------------------------------------------------------------
+
+
+def _commit_info(repository: Path, sha: str, *, branch: str | None, tag: str | None) -> CommitInfo:
+    result = _git_checked(
+        ["show", "-s", "--no-show-signature", "--format=%H%x00%an%x00%ae%x00%cI%x00%B", sha],
+        cwd=repository,
+        doing=f"reading commit {sha} in {repository}",
+    )
+    full_sha, name, email, committed, message = result.stdout.decode(
+        "utf-8", errors="replace"
+    ).split("\x00", 4)
+    return CommitInfo(
+        sha=full_sha.strip(),
+        branch=branch,
+        tag=tag,
+        message=message.rstrip("\n"),
+        author=f"{name} <{email}>",
+        author_name=name,
+        author_email=email,
+        committed_at=datetime.fromisoformat(committed),
+    )
+
+
+def _prepare_destination(dest: Path) -> bool:
+    """Check that `dest` can become a workspace; True when it does not exist yet."""
+    if not dest.exists():
+        return True
+    if not dest.is_dir() or any(dest.iterdir()):
+        raise CheckoutError(
+            f"workspace {dest} already exists and is not an empty directory: "
+            "remove it or give a fresh path"
+        )
+    return False
+
+
+def _discard_workspace(dest: Path, created: bool) -> None:
+    if created:
+        shutil.rmtree(dest, ignore_errors=True)
+    elif dest.is_dir():
+        for child in dest.iterdir():
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child, ignore_errors=True)
+            else:
+                child.unlink(missing_ok=True)
+
+
+# --- conveyor exec: a workspace from a developer's checkout ------------------------------
+
+
+def copy_working_tree(repo_dir: Path, dest: Path) -> CommitInfo:
+    """Make `dest` a fresh workspace equal to the working tree of the checkout at `repo_dir`.
+
+    The workspace holds the committed HEAD plus uncommitted changes and untracked files
+    that are not ignored; files deleted in the working tree are absent. Its ``.git`` is
+    detached at repo_dir's HEAD (objects shared with repo_dir, which must stay in place
+    while the workspace is used), with the index at HEAD, so ``git log`` and ``git diff``
+    work in steps. `repo_dir` may be any directory inside the checkout; it is only read.
+    Submodules are left empty, for the pipeline's ``prepare`` to initialise.
+    """
+    if not repo_dir.is_dir():
+        raise CheckoutError(
+            f"{repo_dir} is not a directory: run `conveyor exec` inside a git checkout"
+        )
+    toplevel_result = _run_git(
+        ["rev-parse", "--show-toplevel"],
+        cwd=repo_dir,
+        doing=f"looking for the checkout at {repo_dir}",
+    )
+    if toplevel_result.returncode != 0 or not toplevel_result.text:
+        raise CheckoutError(
+            f"{repo_dir} is not inside a git checkout "
+            f"({toplevel_result.stderr or 'no work tree'}): "
+            "run it in a clone of the repository, or `git init` and commit first"
+        )
+    toplevel = Path(toplevel_result.text)
+    head_result = _run_git(
+        ["rev-parse", "--verify", "--quiet", "HEAD^{commit}"],
+        cwd=toplevel,
+        doing=f"reading HEAD of {toplevel}",
+    )
+    if head_result.returncode != 0:
+        raise CheckoutError(
+            f"the checkout at {toplevel} has no commit yet: commit once, then run again "
+            "(the workspace is HEAD plus your uncommitted changes)"
+        )
+    head = head_result.text
+
+    created = _prepare_destination(dest)
+    try:
+        _git_checked(
+            ["clone", "--shared", "--no-checkout", "--quiet", "--", str(toplevel), str(dest)],
+            doing=f"cloning {toplevel} into the workspace {dest}",
+        )
+        _git_checked(
+            ["update-ref", "--no-deref", "HEAD", head],
+            cwd=dest,
+            doing=f"detaching the workspace {dest} at {head}",
+        )
+        _git_checked(["read-tree", head], cwd=dest, doing=f"setting the index of {dest}")
+        _overlay_working_tree(toplevel, dest)
+        # Fills the index's file stats, so the first `git status` in a step is fast; it
+        # exits 1 when files differ from HEAD, which is expected here.
+        _run_git(["update-index", "-q", "--refresh"], cwd=dest, doing=f"refreshing {dest}")
+    except BaseException:
+        _discard_workspace(dest, created)
+        raise
+
+    branch = _run_git(
+        ["symbolic-ref", "--quiet", "--short", "HEAD"], cwd=toplevel, doing="reading the branch"
+    )
+    tags = _run_git(
+        ["tag", "--points-at", head, "--sort=-v:refname"], cwd=toplevel, doing="reading tags"
+    )
+    return _commit_info(
+        toplevel,
+        head,
+        branch=branch.text if branch.returncode == 0 and branch.text else None,
+        tag=tags.text.splitlines()[0] if tags.returncode == 0 and tags.text else None,
+    )
+
+
+def _overlay_working_tree(toplevel: Path, dest: Path) -> None:
+    """Copy every tracked or untracked-but-not-ignored file of `toplevel` that exists."""
+    listing = _git_checked(
+        ["ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=toplevel,
+        doing=f"listing the files of {toplevel}",
+    )
+    relative_paths = sorted({os.fsdecode(raw) for raw in listing.stdout.split(b"\0") if raw})
+    symlinked_dirs: dict[Path, bool] = {}
+    for relative in relative_paths:
+        relative_path = Path(relative.rstrip("/"))
+        if _crosses_symlink(toplevel, relative_path.parent, symlinked_dirs):
+            # Listed under a directory that is now a symlink: reading it would copy files
+            # from outside the checkout.
+            continue
+        source = toplevel / relative_path
+        try:
+            source_stat = os.lstat(source)
+        except FileNotFoundError:
+            continue  # tracked, deleted in the working tree
+        target = dest / relative_path
+        if stat.S_ISDIR(source_stat.st_mode):
+            # A submodule or a nested repository: left empty, as a fresh clone leaves it.
+            target.mkdir(parents=True, exist_ok=True)
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if stat.S_ISLNK(source_stat.st_mode):
+            os.symlink(os.readlink(source), target)
+        elif stat.S_ISREG(source_stat.st_mode):
+            shutil.copy2(source, target, follow_symlinks=False)
+        # Sockets, fifos and devices are not files a build can use: skipped.
+
+
+def _crosses_symlink(toplevel: Path, relative_dir: Path, known: dict[Path, bool]) -> bool:
+    if relative_dir in (Path(), Path(".")):
+        return False
+    if relative_dir not in known:
+        known[relative_dir] = _crosses_symlink(
+            toplevel, relative_dir.parent, known
+        ) or os.path.islink(toplevel / relative_dir)
+    return known[relative_dir]
+
+
+# --- the mirror cache ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _ResolvedRef:
+    sha: str
+    branch: str | None = None
+    tag: str | None = None
+
+
+@contextmanager
+def _locked(lock_file: Path, *, exclusive: bool) -> Iterator[None]:
+    """Hold a flock on `lock_file`: exclusive to change a mirror, shared to read one."""
+    with lock_file.open("a") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+class MirrorCache:
+    """One bare mirror per repository URL under `root`, and workspaces made from them.
+
+    Safe to share between threads and processes: changes to a mirror happen under an
+    exclusive flock on a lock file beside it, reads under a shared one. A first clone is
+    made in a temporary directory and renamed into place, so an interrupted clone never
+    leaves a half mirror behind.
+
+    Workspaces share objects with their mirror (``clone --shared``); the mirror must stay
+    while they are used.
+    """
+
+    def __init__(self, root: Path, *, network_timeout: float = NETWORK_TIMEOUT_SECONDS) -> None:
+        self.root = root
+        self.network_timeout = network_timeout
+
+    def mirror_path(self, url: str) -> Path:
+        """Where the mirror of `url` lives: readable, filesystem-safe, stable for the URL.
+
+        Credentials are not part of it: the same repository reached with another token
+        uses the same mirror.
+        """
+        public_url = _without_credentials(url)
+        digest = hashlib.sha256(public_url.encode()).hexdigest()[:16]
+        readable = _MIRROR_NAME_UNSAFE.sub("-", public_url.split("://", 1)[-1])
+        readable = readable[-48:].strip("-.") or "repository"
+        return self.root / f"{readable}-{digest}.git"
+
+    def _lock_path(self, mirror: Path) -> Path:
+        return mirror.with_name(mirror.name + ".lock")
+
+    def update(self, url: str) -> Path:
+        """Bring the mirror of `url` up to date (clone it the first time); return its path."""
+        _reject_option_like(url, "repository URL")
+        mirror = self.mirror_path(url)
+        self.root.mkdir(parents=True, exist_ok=True)
+        with _locked(self._lock_path(mirror), exclusive=True):
+            if _is_bare_repository(mirror):
+                self._fetch(url, mirror)
+            else:
+                self._clone(url, mirror)
+        return mirror
+
+    def _fetch(self, url: str, mirror: Path) -> None:
+        # The URL is given on the command line, not read from the config, so credentials
+        # are used but never stored in the mirror.
+        _git_checked(
+            ["fetch", "--prune", "--quiet", "--", url, "+refs/*:refs/*"],
+            cwd=mirror,
+            timeout=self.network_timeout,
+            doing=f"fetching {redact_credentials(url)} into its mirror {mirror}",
+        )
+        logger.info("fetched %s into %s", redact_credentials(url), mirror)
+
+    def _clone(self, url: str, mirror: Path) -> None:
+        # Under the exclusive lock nobody else is cloning this mirror: what is left over
+        # is from a process that died, or a directory that is not a mirror.
+        for leftover in self.root.glob(f".{mirror.name}.cloning-*"):
+            shutil.rmtree(leftover, ignore_errors=True)
+        if mirror.exists():
+            shutil.rmtree(mirror)
+        staging = Path(tempfile.mkdtemp(dir=self.root, prefix=f".{mirror.name}.cloning-"))
+        try:
+            _git_checked(
+                ["clone", "--mirror", "--quiet", "--", url, str(staging)],
+                timeout=self.network_timeout,
+                doing=f"cloning {redact_credentials(url)} into the mirror cache at {self.root}",
+            )
+            _git_checked(
+                ["config", "remote.origin.url", _without_credentials(url)],
+                cwd=staging,
+                doing=f"configuring the mirror {staging}",
+            )
+            staging.rename(mirror)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        logger.info("cloned %s into %s", redact_credentials(url), mirror)
+
+    def _existing_mirror(self, url: str) -> Path:
+        mirror = self.mirror_path(url)
+        if not _is_bare_repository(mirror):
+            raise CheckoutError(
+                f"there is no mirror of {redact_credentials(url)} in {self.root} yet: "
+                "update it first (or resolve with fetch=True)"
+            )
+        return mirror
+
+    def resolve(self, url: str, ref: str, *, fetch: bool = True) -> str:
+        """The commit sha that `ref` names in the repository at `url`.
+
+        `ref` is a branch name, a tag name (annotated tags give the commit they point at),
+        a full ref (``refs/heads/x``, ``refs/pull/1/head``), or a full or abbreviated sha.
+        A name that is both a branch and a tag is taken as the branch. With `fetch`, the
+        mirror is updated first, unless `ref` is a full sha it already holds.
+        """
+        return self._resolve(url, ref, fetch=fetch).sha
+
+    def _resolve(self, url: str, ref: str, *, fetch: bool) -> _ResolvedRef:
+        _reject_option_like(ref, "ref")
+        if not ref or any(character.isspace() for character in ref):
+            raise CheckoutError(f"`{ref}` is not a ref: give a branch, tag, full ref or commit sha")
+        if fetch:
+            held = _is_bare_repository(self.mirror_path(url)) and _FULL_SHA.match(ref)
+            if not (held and self._has_commit(self.mirror_path(url), ref)):
+                self.update(url)
+        mirror = self._existing_mirror(url)
+        with _locked(self._lock_path(mirror), exclusive=False):
+            resolved = self._resolve_in(mirror, ref)
+            if resolved is None:
+                raise CheckoutError(self._not_found_message(url, mirror, ref))
+            return resolved
+
+    def _resolve_in(self, mirror: Path, ref: str) -> _ResolvedRef | None:
+        if ref.startswith("refs/"):
+            sha = self._ref_commit(mirror, ref)
+            if sha is None:
+                return None
+            if ref.startswith(_BRANCH_PREFIX):
+                return _ResolvedRef(sha, branch=ref.removeprefix(_BRANCH_PREFIX))
+            if ref.startswith(_TAG_PREFIX):
+                return _ResolvedRef(sha, tag=ref.removeprefix(_TAG_PREFIX))
+            return _ResolvedRef(sha)
+        if _FULL_SHA.match(ref) and self._has_commit(mirror, ref):
+            return _ResolvedRef(ref)
+        branch_sha = self._ref_commit(mirror, _BRANCH_PREFIX + ref)
+        if branch_sha is not None:
+            return _ResolvedRef(branch_sha, branch=ref)
+        tag_sha = self._ref_commit(mirror, _TAG_PREFIX + ref)
+        if tag_sha is not None:
+            return _ResolvedRef(tag_sha, tag=ref)
+        if _ABBREVIATED_SHA.match(ref):
+            return self._resolve_abbreviated(mirror, ref)
+        return None
+
+    def _ref_commit(self, mirror: Path, full_ref: str) -> str | None:
+        """The commit of exactly `full_ref`, or None. Revision syntax (``~``, ``^``) is not
+        read: the name is looked up as it is, so ``main~1`` is no branch."""
+        listed = _git_checked(
+            ["for-each-ref", "--format=%(refname)", full_ref],
+            cwd=mirror,
+            doing=f"looking up {full_ref} in {mirror}",
+        )
+        if full_ref not in listed.text.splitlines():
+            return None
+        peeled = _run_git(
+            ["rev-parse", "--verify", "--quiet", f"{full_ref}^{{commit}}"],
+            cwd=mirror,
+            doing=f"reading {full_ref} in {mirror}",
+        )
+        return peeled.text if peeled.returncode == 0 else None
+
+    def _has_commit(self, mirror: Path, sha: str) -> bool:
+        return (
+            _run_git(
+                ["cat-file", "-e", f"{sha}^{{commit}}"], cwd=mirror, doing=f"looking for {sha}"
+            ).returncode
+            == 0
+        )
+
+    def _resolve_abbreviated(self, mirror: Path, prefix: str) -> _ResolvedRef | None:
+        found = _run_git(
+            ["rev-parse", "--verify", "--quiet", f"{prefix}^{{commit}}"],
+            cwd=mirror,
+            doing=f"looking up {prefix} in {mirror}",
+        )
+        if found.returncode == 0:
+            return _ResolvedRef(found.text)
+        candidates = _run_git(
+            ["rev-parse", f"--disambiguate={prefix}"], cwd=mirror, doing=f"looking up {prefix}"
+        ).text.splitlines()
+        if len(candidates) > 1:
+            raise CheckoutError(
+                f"the abbreviated sha `{prefix}` is ambiguous in {mirror} "
+                f"({len(candidates)} objects start with it): give more characters"
+            )
+        return None
+
+    def _not_found_message(self, url: str, mirror: Path, ref: str) -> str:
+        def names(prefix: str) -> str:
+            listed = _run_git(
+                ["for-each-ref", "--format=%(refname:strip=2)", "--sort=refname", prefix],
+                cwd=mirror,
+                doing=f"listing {prefix} of {mirror}",
+            ).text.splitlines()
+            if not listed:
+                return "(none)"
+            shown = ", ".join(listed[:_MAX_NAMES_IN_MESSAGE])
+            more = len(listed) - _MAX_NAMES_IN_MESSAGE
+            return shown + (f" and {more} more" if more > 0 else "")
+
+        return (
+            f"ref `{ref}` not found in {redact_credentials(url)}: the branches are "
+            f"{names('refs/heads')}; the tags are {names('refs/tags')}. "
+            "Give one of them, a full ref or a commit sha"
+        )
+
+    def read_file(self, url: str, sha: str, path: str) -> str | None:
+        """The text of `path` at commit `sha`, or None when the commit has no such file.
+
+        Fetches once if the mirror does not hold the commit yet. A commit that the
+        repository does not have, or a file that is not UTF-8 text, is a `CheckoutError`.
+        """
+        if not _ABBREVIATED_SHA.match(sha):
+            raise CheckoutError(f"`{sha}` is not a commit sha: resolve the ref first")
+        if "\n" in path:
+            raise CheckoutError(f"path {path!r} contains a newline: no file can be read by it")
+        mirror = self.mirror_path(url)
+        if not (_is_bare_repository(mirror) and self._has_commit(mirror, sha)):
+            self.update(url)
+            if not self._has_commit(mirror, sha):
+                raise CheckoutError(
+                    f"commit {sha} is not in {redact_credentials(url)}: "
+                    "check the sha, or whether it was force-pushed away"
+                )
+        in_tree = path.strip().lstrip("/").removeprefix("./")
+        with _locked(self._lock_path(mirror), exclusive=False):
+            batch = _git_checked(
+                ["cat-file", "--batch"],
+                cwd=mirror,
+                stdin=f"{sha}:{in_tree}\n".encode(),
+                doing=f"reading {path} at {sha} from {mirror}",
+            )
+        header, _, rest = batch.stdout.partition(b"\n")
+        fields = header.split()
+        if len(fields) != 3 or fields[1] != b"blob":
+            return None  # "<name> missing", or a directory (tree) or submodule
+        content = rest[: int(fields[2])]
+        try:
+            return content.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise CheckoutError(
+                f"{path} at {sha} in {redact_credentials(url)} is not UTF-8 text: save it as UTF-8"
+            ) from error
+
+    def checkout(self, url: str, ref: str, dest: Path) -> CommitInfo:
+        """Make `dest` a fresh workspace at exactly the commit `ref` names, detached.
+
+        Updates the mirror, resolves `ref` (as `resolve` does) and clones from the mirror.
+        The workspace's ``origin`` is `url` without credentials, so relative submodule
+        URLs work. `branch` / `tag` in the result are set when `ref` names one.
+        """
+        resolved = self._resolve(url, ref, fetch=True)
+        mirror = self._existing_mirror(url)
+        created = _prepare_destination(dest)
+        try:
+            with _locked(self._lock_path(mirror), exclusive=False):
+                _git_checked(
+                    ["clone", "--shared", "--no-checkout", "--quiet", "--", str(mirror), str(dest)],
+                    doing=f"cloning the mirror {mirror} into the workspace {dest}",
+                )
+            _git_checked(
+                ["checkout", "--quiet", "--detach", resolved.sha],
+                cwd=dest,
+                doing=f"checking out {resolved.sha} in {dest}",
+            )
+            _git_checked(
+                ["remote", "set-url", "origin", _without_credentials(url)],
+                cwd=dest,
+                doing=f"setting the origin of {dest}",
+            )
+            return _commit_info(dest, resolved.sha, branch=resolved.branch, tag=resolved.tag)
+        except BaseException:
+            _discard_workspace(dest, created)
+            raise
+
+    def remote_heads(self, url: str) -> dict[str, str]:
+        """Branches and tags of the repository at `url`, asked over the network: ref -> sha.
+
+        Annotated tags map to the commit they point at, not to the tag object.
+        """
+        _reject_option_like(url, "repository URL")
+        listed = _git_checked(
+            ["ls-remote", "--heads", "--tags", "--", url],
+            timeout=self.network_timeout,
+            doing=f"listing the branches and tags of {redact_credentials(url)}",
+        )
+        heads: dict[str, str] = {}
+        peeled: dict[str, str] = {}
+        for line in listed.text.splitlines():
+            sha, _, name = line.partition("\t")
+            if name.endswith("^{}"):
+                peeled[name.removesuffix("^{}")] = sha
+            elif name:
+                heads[name] = sha
+        heads.update(peeled)
+        return heads
+
+
+def _is_bare_repository(path: Path) -> bool:
+    return (path / "HEAD").is_file() and (path / "objects").is_dir()

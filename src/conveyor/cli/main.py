@@ -1,0 +1,23 @@
+"""The `conveyor` command."""
+
+from __future__ import annotations
+
+import typer
+
+from conveyor import __version__
+from conveyor.cli import execute
+
+app = typer.Typer(
+    name="conveyor",
+    help="Conveyor: a self-hosted CI/CD server.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.command("exec")(execute.exec_command)
+
+
+@app.command()
+def version() -> None:
+    """Print the version."""
+    typer.echo(__version__)

@@ -1,0 +1,1 @@
+"""Persistence: the ORM base, engines for SQLite and PostgreSQL, sessions, migrations."""

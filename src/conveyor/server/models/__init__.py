@@ -1,0 +1,30 @@
+"""The ORM tables, one module per table. Importing this package registers them all."""
+
+from conveyor.server.models.agent import Agent
+from conveyor.server.models.api_token import ApiToken, TokenScope
+from conveyor.server.models.artifact import Artifact
+from conveyor.server.models.audit_event import AuditEvent
+from conveyor.server.models.job import Job
+from conveyor.server.models.membership import Membership, Role
+from conveyor.server.models.project import Project, Visibility
+from conveyor.server.models.run import Run
+from conveyor.server.models.secret import Secret
+from conveyor.server.models.step import Step
+from conveyor.server.models.user import User
+
+__all__ = [
+    "Agent",
+    "ApiToken",
+    "Artifact",
+    "AuditEvent",
+    "Job",
+    "Membership",
+    "Project",
+    "Role",
+    "Run",
+    "Secret",
+    "Step",
+    "TokenScope",
+    "User",
+    "Visibility",
+]

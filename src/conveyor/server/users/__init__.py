@@ -1,0 +1,1 @@
+"""Local users, API tokens, sessions, project roles and the one authorization rule."""
