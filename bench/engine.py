@@ -64,14 +64,24 @@ class StoringSink(NullSink):
 
 
 async def run_plan(
-    backend: Backend, plan: JobPlan, root: Path, sink: NullSink, network: NetworkMode,
+    backend: Backend,
+    plan: JobPlan,
+    root: Path,
+    sink: NullSink,
+    network: NetworkMode,
     secrets: dict[str, str] | None = None,
 ) -> float:
     workspace, output = root / "src", root / "output"
     workspace.mkdir(parents=True, exist_ok=True)
     runner = JobRunner(
-        backend=backend, plan=plan, key=f"bench-{time.monotonic_ns()}", workspace=workspace,
-        output=output, facts=RunFacts(commit_sha="0" * 40), sink=sink, secrets=secrets,
+        backend=backend,
+        plan=plan,
+        key=f"bench-{time.monotonic_ns()}",
+        workspace=workspace,
+        output=output,
+        facts=RunFacts(commit_sha="0" * 40),
+        sink=sink,
+        secrets=secrets,
         network=network,
     )
     started = time.perf_counter()
@@ -96,30 +106,46 @@ def step_overhead(steps: int, repeats: int, docker: bool) -> list[tuple[str, flo
     rows = []
     tmp = Path(tempfile.mkdtemp(prefix="conveyor-bench-"))
     plan = JobPlan(
-        name="bench", image=IMAGE,
+        name="bench",
+        image=IMAGE,
         steps=[StepPlan(name=f"s{i}", commands=["true"]) for i in range(steps)],
     )
     local = create_backend("local")
-    raw_local = best_of(repeats, lambda: [subprocess.run(["sh", "-c", "true"], check=True)
-                                          for _ in range(steps)])
-    eng_local = min(asyncio.run(run_plan(local, plan, tmp / f"l{i}", NullSink(), NetworkMode.NONE))
-                    for i in range(repeats))
+    raw_local = best_of(
+        repeats, lambda: [subprocess.run(["sh", "-c", "true"], check=True) for _ in range(steps)]
+    )
+    eng_local = min(
+        asyncio.run(run_plan(local, plan, tmp / f"l{i}", NullSink(), NetworkMode.NONE))
+        for i in range(repeats)
+    )
     per_step_ms = (eng_local - raw_local) / steps * 1000
-    rows.append(("local", raw_local, eng_local,
-                 f"{per_step_ms:+.1f} ms/step over raw (target < 20 ms)"))
+    rows.append(
+        ("local", raw_local, eng_local, f"{per_step_ms:+.1f} ms/step over raw (target < 20 ms)")
+    )
     if docker:
         dock = create_backend("docker")
         cmd = ["docker", "run", "--rm", "--network", "none", IMAGE, "true"]
-        raw_docker = best_of(repeats, lambda: [subprocess.run(cmd, check=True,
-                                                              stdout=subprocess.DEVNULL)
-                                               for _ in range(steps)])
+        raw_docker = best_of(
+            repeats,
+            lambda: [
+                subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL) for _ in range(steps)
+            ],
+        )
         for network in (NetworkMode.NONE, NetworkMode.JOB):
-            eng = min(asyncio.run(run_plan(dock, plan, tmp / f"d{network}{i}", NullSink(), network))
-                      for i in range(repeats))
+            eng = min(
+                asyncio.run(run_plan(dock, plan, tmp / f"d{network}{i}", NullSink(), network))
+                for i in range(repeats)
+            )
             pct = (eng - raw_docker) / raw_docker * 100
-            rows.append((f"docker (network {network})", raw_docker, eng,
-                         f"{pct:+.1f}% over raw, {(eng - raw_docker) / steps * 1000:+.1f} ms/step "
-                         "(target < 15%)"))
+            rows.append(
+                (
+                    f"docker (network {network})",
+                    raw_docker,
+                    eng,
+                    f"{pct:+.1f}% over raw, {(eng - raw_docker) / steps * 1000:+.1f} ms/step "
+                    "(target < 15%)",
+                )
+            )
     shutil.rmtree(tmp, ignore_errors=True)
     return rows
 
@@ -127,20 +153,33 @@ def step_overhead(steps: int, repeats: int, docker: bool) -> list[tuple[str, flo
 def log_throughput(lines: int, repeats: int) -> tuple[float, float, int]:
     tmp = Path(tempfile.mkdtemp(prefix="conveyor-bench-"))
     command = f"seq -f '%010.0f {LINE_TEXT}' 1 {lines}"
-    raw = best_of(repeats, lambda: subprocess.run(
-        ["sh", "-c", f"{command} > {tmp / 'raw.log'}"], check=True))
+    raw = best_of(
+        repeats, lambda: subprocess.run(["sh", "-c", f"{command} > {tmp / 'raw.log'}"], check=True)
+    )
     size = (tmp / "raw.log").stat().st_size
-    plan = JobPlan(name="logs", steps=[StepPlan(name="print", commands=[command],
-                                                secrets=["TOKEN"])])
+    plan = JobPlan(
+        name="logs", steps=[StepPlan(name="print", commands=[command], secrets=["TOKEN"])]
+    )
     local = create_backend("local")
     best = float("inf")
     for i in range(repeats):
         sink = StoringSink(tmp / f"logs{i}")
-        best = min(best, asyncio.run(run_plan(local, plan, tmp / f"w{i}", sink, NetworkMode.NONE,
-                                              secrets={"TOKEN": "s3cr3t-value"})))
+        best = min(
+            best,
+            asyncio.run(
+                run_plan(
+                    local,
+                    plan,
+                    tmp / f"w{i}",
+                    sink,
+                    NetworkMode.NONE,
+                    secrets={"TOKEN": "s3cr3t-value"},
+                )
+            ),
+        )
     stored = (tmp / "logs0" / "0.log").read_bytes()
     # The engine echoes the command first; the rest must be byte-identical to the raw file.
-    body = stored[stored.index(b"\n") + 1:]
+    body = stored[stored.index(b"\n") + 1 :]
     if body != (tmp / "raw.log").read_bytes():
         raise SystemExit("stored log differs from the raw output")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -154,11 +193,16 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--skip-docker", action="store_true")
     args = parser.parse_args()
-    docker = not args.skip_docker and subprocess.run(
-        ["docker", "image", "inspect", IMAGE], capture_output=True).returncode == 0
+    docker = (
+        not args.skip_docker
+        and subprocess.run(["docker", "image", "inspect", IMAGE], capture_output=True).returncode
+        == 0
+    )
     if not docker and not args.skip_docker:
-        print(f"(docker rows skipped: no engine or no image {IMAGE}; "
-              "run scripts/build-test-images)", file=sys.stderr)
+        print(
+            f"(docker rows skipped: no engine or no image {IMAGE}; run scripts/build-test-images)",
+            file=sys.stderr,
+        )
 
     print(f"(a) per-step overhead, {args.steps} trivial steps, best of {args.repeats}")
     print(f"    {'backend':<24} {'raw':>9} {'engine':>9}   verdict")
@@ -167,8 +211,10 @@ def main() -> None:
     raw, eng, size = log_throughput(args.lines, args.repeats)
     print(f"(b) log throughput, {args.lines:,} lines ({size / 1e6:.0f} MB), best of {args.repeats}")
     print(f"    redirect to file        {raw:>8.3f}s  ({size / raw / 1e6:.0f} MB/s)")
-    print(f"    captured+masked+stored  {eng:>8.3f}s  ({size / eng / 1e6:.0f} MB/s)"
-          f"   {eng / raw:.2f}x raw (target <= 3x)")
+    print(
+        f"    captured+masked+stored  {eng:>8.3f}s  ({size / eng / 1e6:.0f} MB/s)"
+        f"   {eng / raw:.2f}x raw (target <= 3x)"
+    )
 
 
 if __name__ == "__main__":

@@ -61,10 +61,11 @@ class ArtifactError(Exception):
 
 
 class ArtifactPathError(ArtifactError):
-    """A path (a glob, an archive name, a relative path) would reach outside its root."""
+    """A path (a glob, an archive name, a relative path) would reach outside its root, or
+    cannot be stored where it asks to be; the user's pipeline has to change."""
 
 
-class ArtifactNameConflictError(ArtifactError):
+class ArtifactNameConflictError(ArtifactPathError):
     """Two different files would be stored under the same relative path."""
 
 

@@ -398,9 +398,12 @@ def copy_working_tree(repo_dir: Path, dest: Path) -> CommitInfo:
 
 
 def _overlay_working_tree(toplevel: Path, dest: Path) -> None:
-    """Copy every tracked or untracked-but-not-ignored file of `toplevel` that exists."""
+    """Copy every tracked or untracked-but-not-ignored file of `toplevel` that exists.
+
+    Untracked files under `.conveyor/` are left out: that is where `conveyor exec` puts
+    its own artifacts, which are no part of the code being built."""
     listing = _git_checked(
-        ["ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        ["ls-files", "-z", "--cached", "--others", "--exclude-standard", "--exclude=/.conveyor/"],
         cwd=toplevel,
         doing=f"listing the files of {toplevel}",
     )
@@ -553,7 +556,8 @@ class MirrorCache:
         """The commit sha that `ref` names in the repository at `url`.
 
         `ref` is a branch name, a tag name (annotated tags give the commit they point at),
-        a full ref (``refs/heads/x``, ``refs/pull/1/head``), or a full or abbreviated sha.
+        a full ref (``refs/heads/x``, ``refs/pull/1/head``), a full or abbreviated sha, or
+        ``HEAD``: the repository's default branch (as it was when the mirror was cloned).
         A name that is both a branch and a tag is taken as the branch. With `fetch`, the
         mirror is updated first, unless `ref` is a full sha it already holds.
         """
@@ -575,6 +579,10 @@ class MirrorCache:
             return resolved
 
     def _resolve_in(self, mirror: Path, ref: str) -> _ResolvedRef | None:
+        if ref == "HEAD":
+            ref = self._default_branch_ref(mirror) or ref
+            if ref == "HEAD":
+                return self._resolve_abbreviated(mirror, ref)
         if ref.startswith("refs/"):
             sha = self._ref_commit(mirror, ref)
             if sha is None:
@@ -595,6 +603,13 @@ class MirrorCache:
         if _ABBREVIATED_SHA.match(ref):
             return self._resolve_abbreviated(mirror, ref)
         return None
+
+    def _default_branch_ref(self, mirror: Path) -> str | None:
+        """The branch the repository's HEAD named when the mirror was cloned, as a full ref."""
+        head = _run_git(
+            ["symbolic-ref", "--quiet", "HEAD"], cwd=mirror, doing=f"reading HEAD of {mirror}"
+        )
+        return head.text if head.returncode == 0 and head.text else None
 
     def _ref_commit(self, mirror: Path, full_ref: str) -> str | None:
         """The commit of exactly `full_ref`, or None. Revision syntax (``~``, ``^``) is not

@@ -246,9 +246,9 @@ class JobRunner:
             status = Status.WARNING if step.allow_failure else Status.FAILURE
             self._finish(result, status, None, str(exc))
         except _Cancelled:
-            message = self._cancel_message()
-            await self._say(result, message)
-            self._finish(result, Status.CANCELLED, None, message)
+            reason = self._cancel_message()
+            await self._say(result, reason)
+            self._finish(result, Status.CANCELLED, None, reason)
         else:
             status, message = self._judge(step, code, last_line)
             if message:

@@ -21,7 +21,7 @@ from rich.table import Table
 from conveyor.agent.backends.base import Backend, BackendError
 from conveyor.agent.backends.registry import create_backend, default_backend_name
 from conveyor.agent.checkout import CheckoutError, CommitInfo, MirrorCache, copy_working_tree
-from conveyor.agent.engine import JobResult, JobRunner, RunFacts, StepResult, format_duration
+from conveyor.agent.engine import JobResult, JobRunner, RunFacts, StepResult
 from conveyor.pipeline import PipelineError, TriggerContext, load_pipeline
 from conveyor.pipeline.plan import JobPlan, NetworkMode, StepPlan
 from conveyor.protocol.status import Status
@@ -52,7 +52,9 @@ STATUS_STYLE = {
     Status.SKIPPED: "bright_black",
 }
 
-err = Console(stderr=True, highlight=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+out = Console(highlight=False, soft_wrap=True)
+DEFAULT_CACHE = Path.home() / ".cache" / "conveyor"
 
 
 class TerminalSink:
@@ -67,8 +69,8 @@ class TerminalSink:
         image = step.image or self.job.image
         where = f" ({image})" if image else ""
         count = len(self.job.steps)
-        header = f"\n\x1b[1;36m── {self.prefix}step {result.index + 1}/{count}: {step.name}{where}\x1b[0m\n"
-        self.out.write(header.encode())
+        title = f"{self.prefix}step {result.index + 1}/{count}: {step.name}{where}"
+        self.out.write(f"\n\x1b[1;36m── {title}\x1b[0m\n".encode())
         self.out.flush()
 
     async def step_output(self, result: StepResult, data: bytes) -> None:
@@ -79,7 +81,9 @@ class TerminalSink:
         if result.status is Status.SKIPPED:
             return
         style = STATUS_STYLE.get(result.status, "")
-        err.print(f"[{style}]{result.name}: {result.status}[/]", highlight=False)
+        took = "" if result.duration is None else f" in {seconds(result.duration)}"
+        out.print(f"[{style}]{result.name}: {result.status}{took}[/]")
+        out.file.flush()
 
 
 @dataclass
@@ -93,7 +97,8 @@ class Source:
 
     def checkout(self, dest: Path) -> CommitInfo:
         if self.repo:
-            return MirrorCache(self.cache / "mirrors").checkout(self.repo, self.ref or "HEAD", dest)
+            mirrors = MirrorCache(self.cache / "mirrors")
+            return mirrors.checkout(self.repo, self.ref or "HEAD", dest)
         return copy_working_tree(self.directory, dest)
 
     @property
@@ -110,13 +115,17 @@ def exec_command(
     ] = Path("."),
     backend: Annotated[
         str | None,
-        typer.Option("--backend", "-b", help="docker or local (default: docker when an engine answers)."),
+        typer.Option(
+            "--backend", "-b", help="docker or local (default: docker when an engine answers)."
+        ),
     ] = None,
     repo: Annotated[
-        str | None, typer.Option("--repo", help="Run a remote repository instead of this checkout.")
+        str | None,
+        typer.Option("--repo", help="Run a remote repository instead of this checkout."),
     ] = None,
     ref: Annotated[
-        str | None, typer.Option("--ref", help="Branch, tag or commit of --repo (default: its HEAD).")
+        str | None,
+        typer.Option("--ref", help="Branch, tag or commit of --repo (default: its HEAD)."),
     ] = None,
     secret: Annotated[
         list[str] | None,
@@ -130,20 +139,23 @@ def exec_command(
         str, typer.Option("--pipeline", help="Path of the pipeline file in the repository.")
     ] = ".conveyor.yml",
     build_command: Annotated[
-        str | None, typer.Option(help="Command to run when the repository has no pipeline file.")
+        str | None,
+        typer.Option(help="Command to run when the repository has no pipeline file."),
     ] = None,
     image: Annotated[
-        str | None, typer.Option(help="Image for pipelines that name none (zero-config, AMS-Build).")
+        str | None,
+        typer.Option(help="Image for pipelines that name none (zero-config, AMS-Build)."),
     ] = None,
     job: Annotated[
         list[str] | None, typer.Option("--job", "-j", help="Run only the jobs with these names.")
     ] = None,
     network: Annotated[
-        str, typer.Option(help="none, job, bridge, or auto (bridge when the engine has one, else job).")
+        str,
+        typer.Option(help="none, job, bridge, or auto (bridge when the engine has one, else job)."),
     ] = "auto",
-    artifacts_dir: Annotated[
-        Path, typer.Option(help="Where artifacts are written.")
-    ] = Path(".conveyor/artifacts"),
+    artifacts_dir: Annotated[Path, typer.Option(help="Where artifacts are written.")] = Path(
+        ".conveyor/artifacts"
+    ),
     keep_workspace: Annotated[
         bool, typer.Option(help="Keep the workspace after the run (its path is printed).")
     ] = False,
@@ -152,7 +164,7 @@ def exec_command(
     ] = None,
     cache_dir: Annotated[
         Path, typer.Option(help="Mirror cache for --repo.", envvar="CONVEYOR_CACHE_DIR")
-    ] = Path.home() / ".cache" / "conveyor",
+    ] = DEFAULT_CACHE,
 ) -> None:
     """Run the pipeline of a checkout (or of --repo at --ref) here, as the server would."""
     if ref and not repo:
@@ -221,7 +233,9 @@ def pairs(flag: str, items: list[str]) -> dict[str, str]:
 
 def secrets_from(environ: dict[str, str] | os._Environ[str], given: list[str]) -> dict[str, str]:
     prefix = "CONVEYOR_SECRET_"
-    found = {k[len(prefix) :]: v for k, v in environ.items() if k.startswith(prefix) and k != prefix}
+    found = {
+        k[len(prefix) :]: v for k, v in environ.items() if k.startswith(prefix) and k != prefix
+    }
     found.update(pairs("--secret", given))
     return found
 
@@ -272,21 +286,25 @@ async def run_all(source: Source, backend: Backend, options: RunOptions) -> int:
             fail(str(exc))
         jobs = [j for j in compiled.jobs if not options.jobs or j.name in options.jobs]
         if not jobs:
-            reason = compiled.skipped_reason or f"no job is named {', '.join(sorted(options.jobs))}"
+            names = ", ".join(sorted(options.jobs))
+            reason = compiled.skipped_reason or f"no job is named {names}"
             err.print(f"nothing to run: {reason}")
             return 0
         network = resolve_network(options.network, backend)
-        err.print(
-            f"[bold]{source.project}[/] @ {commit.sha[:12]} ({commit.branch or commit.tag or 'detached'})"
-            f" · {pipeline.source} · backend {backend.name} · {len(jobs)} job(s)",
-            highlight=False,
+        out.print(
+            f"[bold]{source.project}[/] @ {commit.sha[:12]}"
+            f" ({commit.branch or commit.tag or 'detached'}) · {pipeline.source}"
+            f" · backend {backend.name} · {len(jobs)} job(s)"
         )
+        out.file.flush()
         results: list[tuple[JobPlan, JobResult]] = []
         for number, plan in enumerate(jobs):
             job_root = root / f"job-{number}"
             if number:
                 await asyncio.to_thread(source.checkout, job_root / "src")
-            result = await run_one(plan, backend, job_root, commit, source, options, len(jobs))
+            result = await run_one(
+                plan, backend, network, job_root, commit, source, options, len(jobs)
+            )
             results.append((plan, result))
             if options.keep_workspace:
                 err.print(f"workspace kept: {job_root / 'src'}")
@@ -305,6 +323,7 @@ async def run_all(source: Source, backend: Backend, options: RunOptions) -> int:
 async def run_one(
     plan: JobPlan,
     backend: Backend,
+    network: NetworkMode,
     job_root: Path,
     commit: CommitInfo,
     source: Source,
@@ -331,7 +350,7 @@ async def run_one(
         sink=TerminalSink(plan, total_jobs),
         secrets=options.secrets,
         artifacts_dir=options.artifacts_dir / _safe(plan.name),
-        network=resolve_network(options.network, backend),
+        network=network,
         stop_grace=options.grace,
     )
     loop = asyncio.get_running_loop()
@@ -353,6 +372,16 @@ def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_.=" else "_" for c in name) or "job"
 
 
+def seconds(value: float) -> str:
+    """A duration for people: `0.42s`, `12.3s`, `4m05s`."""
+    if value < 10:
+        return f"{value:.2f}s"
+    if value < 60:
+        return f"{value:.1f}s"
+    minutes, rest = divmod(round(value), 60)
+    return f"{minutes}m{rest:02d}s"
+
+
 def summarize(results: list[tuple[JobPlan, JobResult]]) -> None:
     table = Table(title=None, show_edge=False, header_style="bold")
     if len(results) > 1:
@@ -366,22 +395,20 @@ def summarize(results: list[tuple[JobPlan, JobResult]]) -> None:
                 step.name,
                 f"[{style}]{step.status}[/]",
                 "" if step.exit_code is None else str(step.exit_code),
-                "" if step.duration is None else format_duration(round(step.duration, 1)),
+                "" if step.duration is None else seconds(step.duration),
             ]
             table.add_row(*([plan.name] if len(results) > 1 else []), *row)
-    err.print()
-    err.print(table)
+    out.print()
+    out.print(table)
     for plan, result in results:
         label = f"{plan.name}: " if len(results) > 1 else ""
         style = STATUS_STYLE.get(result.status, "")
-        took = format_duration(round(result.finished_at - result.started_at, 1))
+        took = seconds(result.finished_at - result.started_at)
         line = f"{label}[bold {style}]{result.status}[/] in {took}"
         if result.message:
             line += f" · {result.message}"
-        err.print(line, highlight=False)
+        out.print(line)
         for artifact in result.artifacts:
             extra = f" {artifact.hash_algorithm}:{artifact.hash}" if artifact.hash else ""
-            err.print(
-                f"  artifact {artifact.path} ({artifact.size} bytes) sha256:{artifact.sha256}{extra}",
-                highlight=False,
-            )
+            size = f"{artifact.size} bytes"
+            out.print(f"  artifact {artifact.path} ({size}) sha256:{artifact.sha256}{extra}")

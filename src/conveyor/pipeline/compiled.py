@@ -8,6 +8,9 @@ from dataclasses import dataclass
 from conveyor.pipeline.context import TriggerContext
 from conveyor.pipeline.plan import JobPlan
 
+PREPARE_STEP_NAME = "prepare"
+"""The step that runs a pipeline's `prepare` commands, always first."""
+
 
 @dataclass(frozen=True)
 class CompiledPipeline:

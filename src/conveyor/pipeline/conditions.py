@@ -43,7 +43,10 @@ class When(BaseModel):
         """Why this condition does not hold for `ctx`, or None when it holds."""
         if self.event is not None and ctx.event not in self.event:
             return f"event {ctx.event} is not one of {', '.join(self.event)}"
-        if self.branch is not None and ctx.branch is not None:
-            if not branch_matches(ctx.branch, self.branch):
-                return f"branch {ctx.branch} does not match {', '.join(self.branch)}"
+        if (
+            self.branch is not None
+            and ctx.branch is not None
+            and not branch_matches(ctx.branch, self.branch)
+        ):
+            return f"branch {ctx.branch} does not match {', '.join(self.branch)}"
         return None

@@ -5,9 +5,9 @@ from __future__ import annotations
 import itertools
 from typing import Annotated
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictStr
 
-from conveyor.pipeline.compiled import CompiledPipeline, Pipeline
+from conveyor.pipeline.compiled import PREPARE_STEP_NAME, CompiledPipeline, Pipeline
 from conveyor.pipeline.conditions import When
 from conveyor.pipeline.context import TriggerContext
 from conveyor.pipeline.document import Document, FieldPath, load_yaml
@@ -39,8 +39,6 @@ from conveyor.pipeline.validation import validate_document
 MAX_MATRIX_JOBS = 256
 """A matrix bigger than this is almost surely a mistake (and would flood the queue)."""
 
-PREPARE_STEP_NAME = "prepare"
-
 
 class _Section(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -50,7 +48,11 @@ class ServiceSpec(_Section):
     name: Name
     image: Image
     env: Variables = Field(default_factory=dict)
-    commands: Commands = Field(default_factory=list)
+    # The service container's command line, word by word: an empty word is a real
+    # argument here, unlike in a step's shell commands.
+    commands: Annotated[
+        list[StrictStr], BeforeValidator(one_or_list("a command or a list of arguments"))
+    ] = Field(default_factory=list)
 
 
 class StepSpec(_Section):

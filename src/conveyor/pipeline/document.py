@@ -98,19 +98,22 @@ def _position(mark: yaml.Mark) -> Position:
 
 def _syntax_problem(file: str, error: yaml.MarkedYAMLError, language: str) -> Problem:
     mark = error.problem_mark or error.context_mark
-    message = f"invalid {language}: {error.problem or 'cannot parse'}"
-    if error.context:
-        message += f" ({error.context}"
-        if error.context_mark is not None and error.context_mark is not mark:
-            message += f" at line {error.context_mark.line + 1}"
-            message += f", column {error.context_mark.column + 1}"
-        message += ")"
+    problem = error.problem or "cannot parse"
+    context = error.context or ""
+    if context and error.context_mark is not None and error.context_mark is not mark:
+        context += f" at line {error.context_mark.line + 1}"
+        context += f", column {error.context_mark.column + 1}"
+    # PyYAML splits "expected X, but found Y" into a context and a problem.
+    if problem.startswith("but ") and context:
+        message = f"{context}, {problem}"
+    else:
+        message = f"{problem} ({context})" if context else problem
     return Problem(
         file=file,
         line=mark.line + 1 if mark else None,
         column=mark.column + 1 if mark else None,
         path="",
-        message=message,
+        message=f"invalid {language}: {message}",
     )
 
 

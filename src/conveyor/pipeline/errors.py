@@ -19,6 +19,7 @@ class Problem:
 
     `line` and `column` are 1-based and point at the offending value (or at the key, for
     keys that should not be there); they are None when the problem has no place in a file.
+    `file` is empty for problems about the repository rather than one file.
     `path` is the field path, such as `steps[2].timeout` (list indexes count from 0).
     """
 
@@ -36,7 +37,7 @@ class Problem:
             place += f":{self.line}"
             if self.column is not None:
                 place += f":{self.column}"
-        parts = [place]
+        parts = [place] if place else []
         if self.path:
             parts.append(self.path)
         parts.append(self.describe())

@@ -92,6 +92,9 @@ class StepProcess(Protocol):
 
 class Backend(Protocol):
     name: ClassVar[str]
+    shares_workspace: ClassVar[bool]
+    """True when files a step writes in the workspace are there for the next step (real
+    backends); a test double that runs nothing says False."""
 
     def paths(self, job: JobContext) -> StepPaths:
         """Where steps of this job see the workspace and the output directory."""

@@ -73,9 +73,7 @@ class FakeStepProcess:
             yield chunk
 
     async def wait(self) -> int:
-        await asyncio.shield(self._task)
-        assert self._exit_code is not None
-        return self._exit_code
+        return await self._settled_exit_code()
 
     async def stop(self, grace: float) -> None:
         self._backend.calls.append(
@@ -85,7 +83,15 @@ class FakeStepProcess:
             return
         self._task.cancel()
         # The task ends at once: the fake honours SIGTERM without needing the grace.
+        await self._settled_exit_code()
+
+    async def _settled_exit_code(self) -> int:
         await asyncio.wait([self._task])
+        if self._exit_code is None:
+            # Cancelled before it ever ran, so `_run` could not record the stop itself.
+            self._exit_code = _STOPPED_EXIT_CODE
+            self._chunks.put_nowait(None)
+        return self._exit_code
 
     async def _run(self) -> None:
         try:

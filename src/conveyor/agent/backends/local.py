@@ -13,6 +13,7 @@ import os
 import signal
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import ClassVar
 
 from conveyor.agent.backends.base import (
@@ -44,6 +45,28 @@ _GROUP_POLL_SECONDS = 0.05
 def _signal_exit_code(returncode: int) -> int:
     """asyncio reports death by signal N as -N; the contract (and shells) say 128+N."""
     return 128 - returncode if returncode < 0 else returncode
+
+
+def _group_has_live_members(group_id: int) -> bool:
+    """Whether a process of the group is still running (zombies do not count).
+
+    A signal 0 to the group also succeeds for zombies, which stay until their parent
+    reaps them; the orphans of a step are reaped by the host's init, which may be slow
+    (or never do it), so the process table is read instead where there is one.
+    """
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return _signal_group(group_id, 0)
+    for stat_file in proc.glob("[0-9]*/stat"):
+        try:
+            stat = stat_file.read_text()
+        except OSError:
+            continue  # ended while we looked
+        # "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses.
+        fields = stat.rpartition(")")[2].split()
+        if len(fields) > 2 and fields[2] == str(group_id) and fields[0] not in ("Z", "X"):
+            return True
+    return False
 
 
 def _signal_group(group_id: int, signum: int) -> bool:
@@ -107,7 +130,7 @@ class LocalStepProcess:
             # may still be shutting down cleanly after the shell itself has died.
             while time.monotonic() < deadline:
                 await asyncio.sleep(_GROUP_POLL_SECONDS)
-                if not self._signal(0):
+                if not _group_has_live_members(self._group_id):
                     break
             self._kill_group()
         await self._process.wait()

@@ -10,7 +10,12 @@ from datetime import timedelta
 from sqlalchemy.orm import Session
 
 from conveyor.server.db.base import utcnow
-from conveyor.server.errors import ConflictError, InvalidInputError, NotAuthenticatedError, NotFoundError
+from conveyor.server.errors import (
+    ConflictError,
+    InvalidInputError,
+    NotAuthenticatedError,
+    NotFoundError,
+)
 from conveyor.server.models.api_token import ApiToken, TokenScope
 from conveyor.server.models.membership import Membership, Role
 from conveyor.server.models.project import Project
@@ -117,6 +122,25 @@ def set_admin(user: User, is_admin: bool) -> None:
     user.is_admin = is_admin
 
 
+def update_user(
+    user: User,
+    *,
+    password: str | None = None,
+    is_admin: bool | None = None,
+    is_active: bool | None = None,
+    display_name: str | None = None,
+) -> None:
+    """Change the given fields; None leaves a field as it is."""
+    if password is not None:
+        set_password(user, password)
+    if is_admin is not None:
+        set_admin(user, is_admin)
+    if is_active is not None:
+        user.is_active = is_active
+    if display_name is not None:
+        user.display_name = display_name
+
+
 def ensure_first_admin(session: Session) -> str | None:
     """On a database without users, create `admin` with a random password and return
     that password (to be shown once); return None when users exist already."""
@@ -189,9 +213,7 @@ def actor_for_token(session: Session, plaintext: str) -> Actor:
         )
     user = UserRepository(session).get(token.user_id)
     if user is None or not user.is_active:
-        raise InvalidCredentialsError(
-            "the API token's user is deactivated", code="invalid_token"
-        )
+        raise InvalidCredentialsError("the API token's user is deactivated", code="invalid_token")
     token.last_used_at = now
     return actor_for_user(session, user, scopes=(TokenScope(scope) for scope in token.scopes))
 

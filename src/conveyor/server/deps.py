@@ -1,0 +1,111 @@
+"""Dependencies of the routes, as Annotated aliases.
+
+DbSession      one session per request; committed when the route returns, rolled
+               back when it raises (before the response is sent, so a failed
+               commit is an error response, not a lost write)
+AppSettings    the server's Settings
+RequestActor   who is asking: a user (cookie or `Authorization: Bearer`) or anonymous
+CurrentActor   a signed-in actor (401 otherwise)
+CurrentUser    the signed-in user's row
+OptionalUser   the user's row, or None for anonymous requests
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy.orm import Session, sessionmaker
+
+from conveyor.server.config import Settings
+from conveyor.server.errors import NotAuthenticatedError
+from conveyor.server.models.user import User
+from conveyor.server.users import service as users_service
+from conveyor.server.users.authorization import Actor
+from conveyor.server.users.sessions import SESSION_COOKIE_NAME, SessionSigner
+
+
+def get_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def get_session_signer(request: Request) -> SessionSigner:
+    signer: SessionSigner = request.app.state.session_signer
+    return signer
+
+
+def get_db_session(request: Request) -> Iterator[Session]:
+    factory: sessionmaker[Session] = request.app.state.session_factory
+    with factory() as session:
+        try:
+            yield session
+        except BaseException:
+            session.rollback()
+            raise
+        session.commit()
+
+
+AppSettings = Annotated[Settings, Depends(get_settings)]
+DbSession = Annotated[Session, Depends(get_db_session, scope="function")]
+Signer = Annotated[SessionSigner, Depends(get_session_signer)]
+
+
+def resolve_actor(
+    request: Request, session: DbSession, settings: AppSettings, signer: Signer
+) -> Actor:
+    if settings.auth_disabled:
+        return users_service.development_actor(session)
+    authorization = request.headers.get("authorization")
+    if authorization:
+        scheme, _, credentials = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not credentials.strip():
+            raise NotAuthenticatedError(
+                "the Authorization header must be 'Bearer <token>'",
+                code="invalid_authorization_header",
+            )
+        return users_service.actor_for_token(session, credentials.strip())
+    cookie = request.cookies.get(SESSION_COOKIE_NAME)
+    if cookie:
+        # A stale cookie makes the request anonymous rather than failing it, so public
+        # pages still work after a session ends.
+        actor = users_service.actor_for_session(session, signer, cookie)
+        if actor is not None:
+            return actor
+    return Actor.anonymous(read_allowed=settings.allow_anonymous_read)
+
+
+RequestActor = Annotated[Actor, Depends(resolve_actor)]
+
+
+def require_signed_in(actor: RequestActor) -> Actor:
+    if actor.is_anonymous:
+        raise NotAuthenticatedError(
+            "sign in first: POST /api/v1/session with your name and password, or send "
+            "'Authorization: Bearer <token>'"
+        )
+    return actor
+
+
+CurrentActor = Annotated[Actor, Depends(require_signed_in)]
+
+
+def current_user(actor: CurrentActor, session: DbSession) -> User:
+    assert actor.user_id is not None  # require_signed_in
+    user = session.get(User, actor.user_id)
+    if user is None:
+        raise NotAuthenticatedError("the signed-in user no longer exists; sign in again")
+    return user
+
+
+def optional_user(actor: RequestActor, session: DbSession) -> User | None:
+    return None if actor.user_id is None else session.get(User, actor.user_id)
+
+
+CurrentUser = Annotated[User, Depends(current_user)]
+OptionalUser = Annotated[User | None, Depends(optional_user)]
+
+
+def remote_address(request: Request) -> str | None:
+    return request.client.host if request.client else None

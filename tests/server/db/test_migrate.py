@@ -1,0 +1,84 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import Engine, inspect
+
+from conveyor.server.db.base import Base
+from conveyor.server.db.engine import create_database_engine
+from conveyor.server.db.migrate import (
+    current_revision_is_head,
+    downgrade_engine,
+    upgrade_database,
+    upgrade_engine,
+)
+
+DOMAIN_TABLES = {
+    "users",
+    "api_tokens",
+    "projects",
+    "memberships",
+    "secrets",
+    "runs",
+    "jobs",
+    "steps",
+    "artifacts",
+    "agents",
+    "audit_events",
+}
+
+
+class TestUpgradeDatabase:
+    def test_empty_database_gets_every_table_and_is_at_head(self, fresh_database_url: str) -> None:
+        engine = create_database_engine(fresh_database_url)
+        try:
+            assert not current_revision_is_head(engine)
+            upgrade_database(fresh_database_url)
+            assert set(inspect(engine).get_table_names()) >= DOMAIN_TABLES
+            assert current_revision_is_head(engine)
+        finally:
+            engine.dispose()
+
+    def test_upgrading_twice_changes_nothing(self, migrated_engine: Engine) -> None:
+        upgrade_engine(migrated_engine)
+        assert current_revision_is_head(migrated_engine)
+
+    def test_migrations_build_exactly_what_the_models_describe(
+        self, migrated_engine: Engine
+    ) -> None:
+        with migrated_engine.connect() as connection:
+            context = MigrationContext.configure(connection, opts={"compare_type": True})
+            differences = compare_metadata(context, Base.metadata)
+        assert differences == []
+
+    def test_queue_index_covers_status_priority_and_queue_time(
+        self, migrated_engine: Engine
+    ) -> None:
+        indexes = {
+            index["name"]: index["column_names"]
+            for index in inspect(migrated_engine).get_indexes("jobs")
+        }
+        assert indexes["ix_jobs_queue"] == ["status", "priority", "queued_at"]
+
+    def test_downgrade_to_base_removes_the_schema_and_upgrade_restores_it(
+        self, fresh_database_url: str
+    ) -> None:
+        engine = create_database_engine(fresh_database_url)
+        try:
+            upgrade_engine(engine)
+            downgrade_engine(engine, "base")
+            assert not DOMAIN_TABLES & set(inspect(engine).get_table_names())
+            assert not current_revision_is_head(engine)
+            upgrade_engine(engine)
+            assert current_revision_is_head(engine)
+        finally:
+            engine.dispose()
+
+
+class TestSqliteLocation:
+    def test_missing_data_directory_is_created_for_the_database_file(self, tmp_path: Path) -> None:
+        url = f"sqlite:///{tmp_path / 'not' / 'yet' / 'conveyor.db'}"
+        upgrade_database(url)
+        assert (tmp_path / "not" / "yet" / "conveyor.db").is_file()
