@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from conveyor import __version__
-from conveyor.cli import execute
+from conveyor.cli import db, execute, tokens, users
 
 app = typer.Typer(
     name="conveyor",
@@ -15,6 +15,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.command("exec")(execute.exec_command)
+app.add_typer(db.app, name="db")
+app.add_typer(users.app, name="user")
+app.add_typer(tokens.app, name="token")
 
 
 @app.command()
