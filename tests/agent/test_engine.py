@@ -160,6 +160,12 @@ class TestSecrets:
         assert "second-line-secret" not in out
         assert b64 not in out
 
+    def test_secret_too_short_to_mask_is_noted(self, tmp_path: Path) -> None:
+        steps = [StepPlan(name="uses", commands=['echo "$PIN"'], secrets=["PIN"])]
+        result, _, _ = run(tmp_path, steps, secrets={"PIN": "123"})
+        assert result.status is Status.SUCCESS
+        assert any("PIN" in note and "not masked" in note for note in result.notes)
+
     def test_missing_secret_is_an_error_that_says_how_to_fix(self, tmp_path: Path) -> None:
         steps = [StepPlan(name="uses", commands=["true"], secrets=["NOPE"])]
         result, sink, _ = run(tmp_path, steps, secrets={})
@@ -311,6 +317,13 @@ class TestArtifacts:
         assert int(artifact.hash or "", 16) == zlib.crc32(data)
         with zipfile.ZipFile(artifact.path) as archive:
             assert sorted(archive.namelist()) == ["dist/pkg.whl", "report.txt"]
+
+    def test_symlink_pointing_outside_is_left_out_and_noted(self, tmp_path: Path) -> None:
+        steps = [StepPlan(name="build", commands=["ln -s /etc/passwd leak.txt", "echo ok > a.txt"])]
+        result, _, _ = run(tmp_path, steps, artifacts=ArtifactPlan(paths=["*.txt"]))
+        assert result.status is Status.SUCCESS, result.message
+        assert [a.name for a in result.artifacts] == ["a.txt"]
+        assert any("leak.txt" in note for note in result.notes)
 
     def test_no_artifacts_after_a_failure(self, tmp_path: Path) -> None:
         steps = [StepPlan(name="build", commands=["echo x > a.txt", "exit 1"])]

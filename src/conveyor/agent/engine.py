@@ -78,6 +78,9 @@ class JobResult:
     message: str | None = None
     started_at: float = 0.0
     finished_at: float = 0.0
+    notes: list[str] = field(default_factory=list)
+    """Things the user should know that did not change the outcome (a secret too short
+    to mask, an artifact path left out)."""
 
 
 class JobSink(Protocol):
@@ -180,6 +183,10 @@ class JobRunner:
         deadline = started + self.plan.timeout if self.plan.timeout else None
         results = [StepResult(i, s.name, Status.QUEUED) for i, s in enumerate(self.plan.steps)]
         job = JobResult(Status.RUNNING, results, started_at=started)
+        job.notes.extend(
+            f"secret {name} is shorter than 4 characters, so it is not masked in logs"
+            for name in self.masker.unmaskable
+        )
         self.job.output.mkdir(parents=True, exist_ok=True)
         try:
             await self._prepare(job)
@@ -385,7 +392,12 @@ class JobRunner:
         if self.artifacts_dir is None:
             return
         try:
-            files = collect(self.job.workspace, self.job.output, self.plan.artifacts)
+            files = collect(
+                self.job.workspace,
+                self.job.output,
+                self.plan.artifacts,
+                on_skip=lambda skipped: job.notes.append(str(skipped)),
+            )
             if files:
                 plan = self.plan.artifacts or ArtifactPlan()
                 job.artifacts = package(files, plan, self.artifacts_dir)

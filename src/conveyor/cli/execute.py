@@ -246,8 +246,7 @@ def resolve_network(name: str, backend: Backend) -> NetworkMode:
             return NetworkMode(name)
         except ValueError:
             fail(f"--network {name!r}: expected one of none, job, bridge, auto")
-    detect = getattr(backend, "default_network", None)
-    return detect() if callable(detect) else NetworkMode.JOB
+    return backend.default_network()
 
 
 async def run_all(source: Source, backend: Backend, options: RunOptions) -> int:
@@ -408,6 +407,8 @@ def summarize(results: list[tuple[JobPlan, JobResult]]) -> None:
         if result.message:
             line += f" · {result.message}"
         out.print(line)
+        for note in result.notes:
+            out.print(f"  [yellow]note:[/] {note}")
         for artifact in result.artifacts:
             extra = f" {artifact.hash_algorithm}:{artifact.hash}" if artifact.hash else ""
             size = f"{artifact.size} bytes"

@@ -7,12 +7,13 @@ Steps use only what all three understand: `echo`, `exit`, `sleep`; the fake prin
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import time
 import uuid
 
 import pytest
 
-from conveyor.pipeline.plan import StepPlan
+from conveyor.pipeline.plan import NetworkMode, StepPlan
 
 from .harness import BackendUnderTest, collect, invocation, run_step, wait_until
 
@@ -209,3 +210,18 @@ class TestSharedWorkspace:
         assert first == (0, b"")
         assert second == (0, b"carried over\n")
         assert (job.workspace / "carried.txt").read_text() == "carried over\n"
+
+
+class TestDefaultNetwork:
+    def test_every_backend_names_a_network_that_works_here(
+        self, backend_under_test: BackendUnderTest
+    ) -> None:
+        backend = backend_under_test.backend
+        mode = backend.default_network()
+        assert isinstance(mode, NetworkMode)
+        if backend.name == "docker":
+            # This engine runs with --bridge=none: `bridge` would fail, so `job` is chosen;
+            # an engine with a bridge network gets `bridge`.
+            inspect = ["docker", "network", "inspect", "bridge"]
+            has_bridge = subprocess.run(inspect, capture_output=True).returncode == 0
+            assert mode is (NetworkMode.BRIDGE if has_bridge else NetworkMode.JOB)

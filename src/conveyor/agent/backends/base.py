@@ -100,6 +100,10 @@ class Backend(Protocol):
         """Where steps of this job see the workspace and the output directory."""
         ...
 
+    def default_network(self) -> NetworkMode:
+        """The network jobs get when nobody chose one: what works on this host."""
+        ...
+
     async def prepare(self, job: JobContext) -> None:
         """Make ready everything the job's steps share (images, services, network)."""
         ...

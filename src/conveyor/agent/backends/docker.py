@@ -389,6 +389,16 @@ class DockerBackend:
         self._client: docker.DockerClient | None = None
         self._jobs: dict[str, _JobState] = {}
 
+    def default_network(self) -> NetworkMode:
+        """`bridge` when the engine has Docker's default bridge network (steps reach the
+        outside, as users of other CIs expect), else `job` (an engine started with
+        `--bridge=none`, as on hosts without network)."""
+        try:
+            networks = self._connect().networks.list(names=["bridge"])
+        except (BackendError, docker.errors.DockerException):
+            return NetworkMode.JOB
+        return NetworkMode.BRIDGE if networks else NetworkMode.JOB
+
     def paths(self, job: JobContext) -> StepPaths:
         return StepPaths(workspace=job.plan.workspace_path, output=job.plan.output_path)
 

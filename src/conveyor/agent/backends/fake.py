@@ -28,6 +28,7 @@ from conveyor.agent.backends.base import (
     StepInvocation,
     StepPaths,
 )
+from conveyor.pipeline.plan import NetworkMode
 
 _VARIABLE = re.compile(r"\$(?:\{(\w+)\}|(\w+))")
 _STOPPED_EXIT_CODE = 128 + signal.SIGTERM
@@ -137,6 +138,9 @@ class FakeBackend:
         self.calls: list[FakeCall] = []
         self._prepare_error = prepare_error
         self._steps: dict[str, list[FakeStepProcess]] = {}
+
+    def default_network(self) -> NetworkMode:
+        return NetworkMode.JOB
 
     def paths(self, job: JobContext) -> StepPaths:
         return StepPaths(workspace=job.plan.workspace_path, output=job.plan.output_path)

@@ -22,7 +22,7 @@ from conveyor.agent.backends.base import (
     StepInvocation,
     StepPaths,
 )
-from conveyor.pipeline.plan import StepKind
+from conveyor.pipeline.plan import NetworkMode, StepKind
 
 READ_CHUNK_SIZE = 64 * 1024
 """Bytes asked of the pipe per read: large, so that a chatty step costs few wakeups."""
@@ -179,6 +179,10 @@ class LocalBackend:
     def __init__(self, shell: str = "/bin/sh") -> None:
         self._shell = shell
         self._steps: dict[str, list[LocalStepProcess]] = {}
+
+    def default_network(self) -> NetworkMode:
+        # Processes share the host's network; the mode does not apply to them.
+        return NetworkMode.JOB
 
     def paths(self, job: JobContext) -> StepPaths:
         return StepPaths(workspace=str(job.workspace), output=str(job.output))
