@@ -31,7 +31,8 @@ __all__ = ["database_url", "db_session", "fresh_database_url", "migrated_engine"
 @pytest.fixture(scope="module")
 def server_settings(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Settings:
     data_dir: Path = tmp_path_factory.mktemp("data")
-    return Settings(data_dir=data_dir, database_url=database_url)
+    # No embedded agent: tests that want jobs run start agents of their own.
+    return Settings(data_dir=data_dir, database_url=database_url, agents=0)
 
 
 @pytest.fixture(scope="module")

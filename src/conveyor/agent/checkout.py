@@ -673,6 +673,14 @@ class MirrorCache:
             "Give one of them, a full ref or a commit sha"
         )
 
+    def describe(self, url: str, ref: str, *, fetch: bool = True) -> CommitInfo:
+        """The commit `ref` names (resolved as `resolve` does), with its message and author,
+        and the branch or tag `ref` named; no workspace is made."""
+        resolved = self._resolve(url, ref, fetch=fetch)
+        mirror = self._existing_mirror(url)
+        with _locked(self._lock_path(mirror), exclusive=False):
+            return _commit_info(mirror, resolved.sha, branch=resolved.branch, tag=resolved.tag)
+
     def read_file(self, url: str, sha: str, path: str) -> str | None:
         """The text of `path` at commit `sha`, or None when the commit has no such file.
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from conveyor import __version__
-from conveyor.cli import db, execute, tokens, users
+from conveyor.cli import agent, db, execute, server, tokens, users
 
 app = typer.Typer(
     name="conveyor",
@@ -14,6 +14,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+app.command("server")(server.server_command)
+app.command("agent")(agent.agent_command)
 app.command("exec")(execute.exec_command)
 app.add_typer(db.app, name="db")
 app.add_typer(users.app, name="user")

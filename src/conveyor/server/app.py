@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -13,11 +14,19 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from conveyor.server import health
+from conveyor.server import events, health
+from conveyor.server.agents import embedded as embedded_agents
+from conveyor.server.agents import routes as agents_routes
+from conveyor.server.artifacts import routes as artifacts_routes
 from conveyor.server.config import Settings
+from conveyor.server.db import dialect
 from conveyor.server.db.engine import create_database_engine, create_session_factory
 from conveyor.server.db.migrate import upgrade_engine
 from conveyor.server.errors import ConveyorError
+from conveyor.server.logs import routes as logs_routes
+from conveyor.server.projects import routes as projects_routes
+from conveyor.server.runs import routes as runs_routes
+from conveyor.server.secrets import routes as secrets_routes
 from conveyor.server.users import routes as users_routes
 from conveyor.server.users import service as users_service
 from conveyor.server.users.sessions import SessionSigner
@@ -62,8 +71,10 @@ def _prepare_database(app: FastAPI) -> None:
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     await run_in_threadpool(_prepare_database, app)
+    app.state.event_bus.bind(asyncio.get_running_loop())
     try:
-        yield
+        async with embedded_agents.running(app.state.session_factory, app.state.settings):
+            yield
     finally:
         app.state.engine.dispose()
 
@@ -130,7 +141,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     engine = create_database_engine(settings.database_url)
     app.state.settings = settings
     app.state.engine = engine
+    app.state.write_engine = engine.execution_options(**dialect.write_transaction_options(engine))
     app.state.session_factory = create_session_factory(engine)
+    app.state.event_bus = events.EventBus()
+    events.install(app.state.session_factory, app.state.event_bus)
     app.state.session_signer = SessionSigner(settings.session_secret_key())
 
     app.add_exception_handler(ConveyorError, _render_conveyor_error)
@@ -140,4 +154,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.include_router(health.router)
     app.include_router(users_routes.router)
+    app.include_router(logs_routes.router)
+    app.include_router(artifacts_routes.router)
+    app.include_router(agents_routes.router)
+    app.include_router(projects_routes.router)
+    app.include_router(secrets_routes.router)
+    app.include_router(runs_routes.router)
     return app

@@ -38,6 +38,12 @@ class Settings(BaseSettings):
     """Development only: every request acts as the admin user. Logged loudly at each start."""
     agents: int = Field(default=1, ge=0)
     """Slots of the embedded agent; 0 starts none."""
+    embedded_backend: str = ""
+    """Backend of the embedded agent; empty: docker when an engine answers, else local."""
+    lease_seconds: float = Field(default=60.0, gt=0)
+    """How long a claimed job's lease lives without a heartbeat."""
+    heartbeat_seconds: float = Field(default=10.0, gt=0)
+    """Seconds between an agent's heartbeats (told to agents when they register)."""
     secret_key: SecretStr | None = None
     """Signs session cookies; when absent one is generated and kept in `data_dir`."""
     max_projects_per_user: int = Field(default=2, ge=0)

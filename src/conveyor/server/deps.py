@@ -36,9 +36,20 @@ def get_session_signer(request: Request) -> SessionSigner:
     return signer
 
 
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
 def get_db_session(request: Request) -> Iterator[Session]:
     factory: sessionmaker[Session] = request.app.state.session_factory
-    with factory() as session:
+    # A request that may write holds the writer's lock from its first statement (SQLite:
+    # BEGIN IMMEDIATE; PostgreSQL: no difference), so a read-then-write waits for other
+    # writers instead of failing on a stale snapshot.
+    bind = (
+        request.app.state.engine
+        if request.method in SAFE_METHODS
+        else request.app.state.write_engine
+    )
+    with factory(bind=bind) as session:
         try:
             yield session
         except BaseException:

@@ -9,7 +9,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import JSON, Engine, event, make_url
+from sqlalchemy import JSON, Engine, Select, event, make_url
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import URL
 from sqlalchemy.types import TypeEngine
@@ -17,6 +17,7 @@ from sqlalchemy.types import TypeEngine
 from conveyor.server.errors import InvalidInputError
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
+_SQLITE_BEGIN_OPTION = "conveyor_sqlite_begin"
 
 
 class DatabaseKind(StrEnum):
@@ -91,4 +92,27 @@ def install_connection_hooks(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _begin_sqlite(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN")
+        mode = connection.get_execution_options().get(_SQLITE_BEGIN_OPTION, "")
+        connection.exec_driver_sql(f"BEGIN {mode}".strip())
+
+
+def write_transaction_options(engine: Engine) -> dict[str, Any]:
+    """Execution options for a session's connection (`session.connection(
+    execution_options=...)`, before its first statement) that make its transaction a
+    writer from the start: `BEGIN IMMEDIATE` on SQLite, so that read-then-write
+    sequences such as a job claim run one at a time instead of failing on upgrade.
+    PostgreSQL needs nothing here: it locks rows (`lock_for_claim`)."""
+    if engine.dialect.name == DatabaseKind.SQLITE:
+        return {_SQLITE_BEGIN_OPTION: "IMMEDIATE"}
+    return {}
+
+
+def lock_for_claim(statement: Select[Any], *, skip_locked: bool) -> Select[Any]:
+    """Lock the selected rows until the transaction ends: `FOR UPDATE [SKIP LOCKED]`
+    on PostgreSQL (a row another claimer holds is passed over when `skip_locked`). On
+    SQLite the clause is not rendered; the `BEGIN IMMEDIATE` of
+    `write_transaction_options` already makes the whole transaction exclusive.
+
+    The lock is `NO KEY UPDATE`, so rows that merely reference the locked one (steps
+    of a job, runs of a project) can still be written meanwhile."""
+    return statement.with_for_update(skip_locked=skip_locked, key_share=True)

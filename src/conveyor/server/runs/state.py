@@ -296,3 +296,15 @@ def cancel_run(session: Session, run: Run, *, now: datetime | None = None) -> in
         session.flush()
         publish_after_commit(session, *_run_events(run))
     return len(pending)
+
+
+def skip_run(session: Session, run: Run, reason: str, *, now: datetime | None = None) -> None:
+    """The pipeline's `when` did not match the trigger: the run ends `skipped`, without
+    jobs, and `reason` (kept in `error_message`) says which condition did not match."""
+    _check(f"run {run.number}", run.status, Status.SKIPPED)
+    now = now or utcnow()
+    run.status = Status.SKIPPED
+    run.error_message = reason
+    run.finished_at = now
+    session.flush()
+    publish_after_commit(session, *_run_events(run))

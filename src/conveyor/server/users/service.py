@@ -214,8 +214,14 @@ def actor_for_token(session: Session, plaintext: str) -> Actor:
     user = UserRepository(session).get(token.user_id)
     if user is None or not user.is_active:
         raise InvalidCredentialsError("the API token's user is deactivated", code="invalid_token")
-    token.last_used_at = now
+    # Written at most once a minute: reads that carry a token then seldom write, which
+    # keeps them from contending for SQLite's single writer.
+    if token.last_used_at is None or now - token.last_used_at > TOKEN_USE_RESOLUTION:
+        token.last_used_at = now
     return actor_for_user(session, user, scopes=(TokenScope(scope) for scope in token.scopes))
+
+
+TOKEN_USE_RESOLUTION = timedelta(minutes=1)
 
 
 def development_actor(session: Session) -> Actor:

@@ -1,0 +1,207 @@
+"""The agent's side of the agent protocol (`conveyor.protocol.agents`) over httpx.
+
+Transient failures (the server restarting, a dropped connection, 502/503/504) are
+retried with growing pauses, so a server restart costs an agent nothing; every other
+answer is returned or raised as `ServerRefusedError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, TypeVar
+
+import httpx
+from pydantic import BaseModel
+
+from conveyor.protocol.agents import (
+    LEASE_HEADER,
+    AgentInfo,
+    AgentRegistered,
+    ArtifactInfo,
+    ClaimRequest,
+    ClaimResponse,
+    Heartbeat,
+    HeartbeatResponse,
+    JobReport,
+    LogAppended,
+    StepReport,
+    UploadStart,
+    UploadState,
+)
+
+logger = logging.getLogger("conveyor.agent")
+Model = TypeVar("Model", bound=BaseModel)
+TRANSIENT_STATUS = frozenset({502, 503, 504})
+FIRST_PAUSE = 0.1
+LONGEST_PAUSE = 5.0
+
+
+class ServerRefusedError(Exception):
+    """The server answered with an error that retrying will not fix."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        self.status_code = response.status_code
+        try:
+            error = response.json().get("error") or {}
+        except ValueError:
+            error = {}
+        self.code: str = str(error.get("code", "http_error"))
+        self.detail: Any = error.get("detail")
+        message = error.get("message") or response.text[:200]
+        super().__init__(
+            f"{response.request.method} {response.request.url.path} -> "
+            f"{response.status_code}: {message}"
+        )
+
+
+class LogGap(Exception):
+    """The server holds fewer bytes of a log than the offset sent; resend from `size`."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__(f"the server holds {size} bytes of this log")
+        self.size = size
+
+
+class AgentClient:
+    """Calls of one agent, authenticated by its token. `retry_for` bounds how long a
+    call keeps retrying transient failures before raising the last one."""
+
+    def __init__(
+        self,
+        server_url: str,
+        token: str,
+        *,
+        retry_for: float = 300.0,
+        timeout: float = 30.0,
+    ) -> None:
+        self.retry_for = retry_for
+        self._http = httpx.AsyncClient(
+            base_url=server_url.rstrip("/") + "/api/v1/agent",
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=httpx.Timeout(timeout, connect=5.0),
+        )
+
+    async def close(self) -> None:
+        await self._http.aclose()
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: BaseModel | None = None,
+        content: bytes | None = None,
+        params: dict[str, Any] | None = None,
+        lease_id: str | None = None,
+        read_timeout: float | None = None,
+    ) -> httpx.Response:
+        headers = {LEASE_HEADER: lease_id} if lease_id else {}
+        if content is not None:
+            headers["Content-Type"] = "application/octet-stream"
+        body = json.model_dump(mode="json") if json is not None else None
+        timeout = (
+            httpx.Timeout(read_timeout, connect=5.0) if read_timeout else httpx.USE_CLIENT_DEFAULT
+        )
+        loop = asyncio.get_running_loop()
+        give_up_at = loop.time() + self.retry_for
+        pause = FIRST_PAUSE
+        while True:
+            try:
+                response = await self._http.request(
+                    method,
+                    path,
+                    json=body,
+                    content=content,
+                    params=params,
+                    headers=headers,
+                    timeout=timeout,
+                )
+            except httpx.TransportError as exc:
+                if loop.time() + pause > give_up_at:
+                    raise
+                logger.warning("%s %s failed (%s); retrying in %.1fs", method, path, exc, pause)
+            else:
+                if response.status_code not in TRANSIENT_STATUS:
+                    return response
+                if loop.time() + pause > give_up_at:
+                    raise ServerRefusedError(response)
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, LONGEST_PAUSE)
+
+    async def _model(self, model: type[Model], response: httpx.Response) -> Model:
+        if response.status_code >= 400:
+            raise ServerRefusedError(response)
+        return model.model_validate(response.json())
+
+    async def register(self, info: AgentInfo) -> AgentRegistered:
+        return await self._model(AgentRegistered, await self._call("POST", "/register", json=info))
+
+    async def claim(self, free_slots: int, wait: float) -> ClaimResponse:
+        response = await self._call(
+            "POST",
+            "/claim",
+            json=ClaimRequest(free_slots=free_slots, wait=wait),
+            read_timeout=wait + 30.0,
+        )
+        return await self._model(ClaimResponse, response)
+
+    async def heartbeat(self, beat: Heartbeat) -> HeartbeatResponse:
+        return await self._model(
+            HeartbeatResponse, await self._call("POST", "/heartbeat", json=beat)
+        )
+
+    async def append_log(
+        self, job_id: int, lease_id: str, index: int, offset: int, data: bytes
+    ) -> LogAppended:
+        """Send log bytes at `offset`; raises `LogGap` when the server holds fewer."""
+        response = await self._call(
+            "PUT",
+            f"/jobs/{job_id}/steps/{index}/log",
+            content=data,
+            params={"offset": offset},
+            lease_id=lease_id,
+        )
+        if response.status_code == 409:
+            detail = _error_detail(response)
+            if isinstance(detail, dict) and isinstance(detail.get("size"), int):
+                raise LogGap(detail["size"])
+        return await self._model(LogAppended, response)
+
+    async def report_step(self, job_id: int, lease_id: str, index: int, report: StepReport) -> None:
+        response = await self._call(
+            "POST", f"/jobs/{job_id}/steps/{index}", json=report, lease_id=lease_id
+        )
+        if response.status_code >= 400:
+            raise ServerRefusedError(response)
+
+    async def finish(self, job_id: int, lease_id: str, report: JobReport) -> None:
+        response = await self._call(
+            "POST", f"/jobs/{job_id}/finish", json=report, lease_id=lease_id
+        )
+        if response.status_code >= 400:
+            raise ServerRefusedError(response)
+
+    async def start_upload(self, job_id: int, lease_id: str, spec: UploadStart) -> UploadState:
+        response = await self._call("POST", f"/jobs/{job_id}/uploads", json=spec, lease_id=lease_id)
+        return await self._model(UploadState, response)
+
+    async def upload_state(self, upload_id: str) -> UploadState:
+        return await self._model(UploadState, await self._call("GET", f"/uploads/{upload_id}"))
+
+    async def upload_chunk(self, upload_id: str, offset: int, data: bytes) -> UploadState:
+        response = await self._call(
+            "PUT", f"/uploads/{upload_id}", content=data, params={"offset": offset}
+        )
+        return await self._model(UploadState, response)
+
+    async def complete_upload(self, upload_id: str) -> ArtifactInfo:
+        response = await self._call("POST", f"/uploads/{upload_id}/complete")
+        return await self._model(ArtifactInfo, response)
+
+
+def _error_detail(response: httpx.Response) -> Any:
+    try:
+        return (response.json().get("error") or {}).get("detail")
+    except ValueError:
+        return None

@@ -1,0 +1,408 @@
+"""The agent: registers, claims jobs with free slots (long-poll), runs each with the
+engine in a fresh workspace, streams logs, heartbeats, uploads artifacts and reports.
+
+The same code runs as `conveyor agent` on a build machine and as the server's
+embedded agent; it talks to the server only over HTTP (`conveyor.agent.client`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import platform as host_platform
+import shutil
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+
+from conveyor import __version__
+from conveyor.agent.artifacts import Artifact
+from conveyor.agent.backends.base import Backend
+from conveyor.agent.checkout import CheckoutError, MirrorCache
+from conveyor.agent.client import AgentClient, LogGap, ServerRefusedError
+from conveyor.agent.engine import JobRunner, RunFacts, StepResult
+from conveyor.pipeline.plan import ArchiveFormat, StepPlan
+from conveyor.protocol.agents import (
+    AgentInfo,
+    Heartbeat,
+    JobReport,
+    JobSpec,
+    RunningJob,
+    StepReport,
+    UploadStart,
+)
+from conveyor.protocol.status import Status
+
+logger = logging.getLogger("conveyor.agent")
+
+LOG_BATCH_BYTES = 64 * 1024
+"""A step's pending log is sent once this much has gathered..."""
+LOG_FLUSH_SECONDS = 0.05
+"""...or this long after the first unsent byte, whichever comes first."""
+LOG_REQUEST_BYTES = 1024 * 1024
+UPLOAD_CHUNK_BYTES = 1024 * 1024
+CLAIM_WAIT_SECONDS = 30.0
+UPLOAD_ATTEMPTS = 20
+
+
+@dataclass
+class AgentSettings:
+    server_url: str
+    token: str
+    name: str
+    work_dir: Path
+    cache_dir: Path
+    labels: list[str] = field(default_factory=list)
+    capacity: int = 1
+    claim_wait: float = CLAIM_WAIT_SECONDS
+
+
+def _timestamp(seconds: float | None) -> datetime | None:
+    return None if seconds is None else datetime.fromtimestamp(seconds, UTC)
+
+
+class _StepLog:
+    """One step's log: spooled to a local file, so any range can be (re)sent."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.handle = path.open("w+b")
+        self.written = 0
+        self.acknowledged = 0
+
+    def read(self, start: int, end: int) -> bytes:
+        self.handle.seek(start)
+        return self.handle.read(end - start)
+
+    def append(self, data: bytes) -> None:
+        self.handle.seek(0, 2)
+        self.handle.write(data)
+        self.handle.flush()
+        self.written += len(data)
+
+
+class ServerSink:
+    """A `JobSink` that reports steps to the server and streams their logs in batches:
+    sent at 64 KiB or every ~50 ms, whichever comes first, never one request per line;
+    on a gap the server names, resent from the server's size."""
+
+    def __init__(self, client: AgentClient, spec: JobSpec, spool_dir: Path) -> None:
+        self.client = client
+        self.spec = spec
+        self.spool_dir = spool_dir
+        self._logs: dict[int, _StepLog] = {}
+        self._send_lock = asyncio.Lock()
+        self._wake = asyncio.Event()
+        self._flusher: asyncio.Task[None] | None = None
+
+    def _log(self, index: int) -> _StepLog:
+        if index not in self._logs:
+            self._logs[index] = _StepLog(self.spool_dir / f"{index}.log")
+        return self._logs[index]
+
+    async def step_started(self, result: StepResult, step: StepPlan) -> None:
+        if self._flusher is None:
+            self._flusher = asyncio.create_task(self._flush_periodically())
+        await self._report(result)
+
+    async def step_output(self, result: StepResult, data: bytes) -> None:
+        log = self._log(result.index)
+        log.append(data)
+        if log.written - log.acknowledged >= LOG_BATCH_BYTES:
+            await self._send(log, result.index)
+        else:
+            self._wake.set()
+
+    async def step_finished(self, result: StepResult) -> None:
+        if result.index in self._logs:
+            await self._send(self._logs[result.index], result.index)
+        await self._report(result)
+
+    async def close(self) -> None:
+        if self._flusher is not None:
+            self._flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
+        for index, log in self._logs.items():
+            with contextlib.suppress(ServerRefusedError, httpx.HTTPError):
+                await self._send(log, index)
+            log.handle.close()
+
+    async def _report(self, result: StepResult) -> None:
+        report = StepReport(
+            status=result.status,
+            exit_code=result.exit_code,
+            started_at=_timestamp(result.started_at),
+            finished_at=_timestamp(result.finished_at),
+            message=result.message,
+        )
+        await self.client.report_step(self.spec.job_id, self.spec.lease_id, result.index, report)
+
+    async def _flush_periodically(self) -> None:
+        while True:
+            await self._wake.wait()
+            await asyncio.sleep(LOG_FLUSH_SECONDS)
+            self._wake.clear()
+            for index, log in list(self._logs.items()):
+                try:
+                    await self._send(log, index)
+                except (ServerRefusedError, httpx.HTTPError) as exc:
+                    logger.warning("job %s: sending the log failed: %s", self.spec.job_id, exc)
+
+    async def _send(self, log: _StepLog, index: int) -> None:
+        async with self._send_lock:
+            while log.acknowledged < log.written:
+                end = min(log.written, log.acknowledged + LOG_REQUEST_BYTES)
+                data = log.read(log.acknowledged, end)
+                try:
+                    appended = await self.client.append_log(
+                        self.spec.job_id, self.spec.lease_id, index, log.acknowledged, data
+                    )
+                except LogGap as gap:
+                    log.acknowledged = min(gap.size, log.written)
+                    continue
+                log.acknowledged = min(max(appended.size, log.acknowledged), log.written)
+
+
+class Agent:
+    """Keeps up to `capacity` jobs running until `stop()`."""
+
+    def __init__(self, settings: AgentSettings, backend: Backend) -> None:
+        self.settings = settings
+        self.backend = backend
+        self.client = AgentClient(settings.server_url, settings.token)
+        self.mirrors = MirrorCache(settings.cache_dir / "mirrors")
+        self.heartbeat_interval = 10.0
+        self._runners: dict[int, JobRunner] = {}
+        self._cancelled: set[int] = set()
+        self._jobs: dict[int, tuple[JobSpec, asyncio.Task[None]]] = {}
+        self._stopping = asyncio.Event()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def run(self) -> None:
+        # The server may not answer yet (the embedded agent starts with it): registering
+        # retries until it does, unless the agent is stopped meanwhile.
+        registering = asyncio.create_task(self._register())
+        stopping = asyncio.create_task(self._stopping.wait())
+        await asyncio.wait({registering, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        if not registering.done():
+            registering.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await registering
+            await self.client.close()
+            return
+        registering.result()
+        beating = asyncio.create_task(self._heartbeat_forever())
+        try:
+            await self._claim_forever()
+        finally:
+            beating.cancel()
+            for runner in self._runners.values():
+                runner.cancel("agent shutdown")
+            tasks = [task for _, task in self._jobs.values()]
+            if tasks:
+                await asyncio.gather(*tasks, return_exceptions=True)
+            with contextlib.suppress(asyncio.CancelledError):
+                await beating
+            await self.client.close()
+
+    async def _register(self) -> None:
+        registered = await self.client.register(
+            AgentInfo(
+                name=self.settings.name,
+                labels=self.settings.labels,
+                capacity=self.settings.capacity,
+                version=__version__,
+                platform=f"{host_platform.system().lower()}-{host_platform.machine()}",
+                backend=self.backend.name,
+            )
+        )
+        self.heartbeat_interval = registered.heartbeat_interval
+        logger.info("agent %s registered (id %s)", self.settings.name, registered.agent_id)
+
+    async def _claim_forever(self) -> None:
+        stopping = asyncio.create_task(self._stopping.wait())
+        try:
+            while not self._stopping.is_set():
+                free = self.settings.capacity - len(self._jobs)
+                if free <= 0:
+                    tasks = {task for _, task in self._jobs.values()}
+                    await asyncio.wait(tasks | {stopping}, return_when=asyncio.FIRST_COMPLETED)
+                    continue
+                claiming = asyncio.create_task(self.client.claim(free, self.settings.claim_wait))
+                await asyncio.wait({claiming, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                if not claiming.done():
+                    claiming.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await claiming
+                    break
+                try:
+                    response = claiming.result()
+                except (ServerRefusedError, httpx.HTTPError) as exc:
+                    logger.warning("claiming failed: %s", exc)
+                    await asyncio.sleep(1.0)
+                    continue
+                self._cancel(response.cancel)
+                for spec in response.jobs:
+                    task = asyncio.create_task(self._run_job(spec))
+                    self._jobs[spec.job_id] = (spec, task)
+                    task.add_done_callback(functools.partial(self._forget, spec.job_id))
+        finally:
+            stopping.cancel()
+
+    def _forget(self, job_id: int, _task: object = None) -> None:
+        self._jobs.pop(job_id, None)
+        self._runners.pop(job_id, None)
+        self._cancelled.discard(job_id)
+
+    def _cancel(self, job_ids: list[int]) -> None:
+        for job_id in job_ids:
+            if job_id not in self._jobs:
+                continue
+            self._cancelled.add(job_id)
+            runner = self._runners.get(job_id)
+            if runner is not None:
+                runner.cancel("server")
+
+    async def _heartbeat_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.heartbeat_interval)
+            running = [
+                RunningJob(job_id=spec.job_id, lease_id=spec.lease_id)
+                for spec, _ in self._jobs.values()
+            ]
+            try:
+                answer = await self.client.heartbeat(Heartbeat(running=running))
+            except (ServerRefusedError, httpx.HTTPError) as exc:
+                logger.warning("heartbeat failed: %s", exc)
+                continue
+            self._cancel(answer.cancel)
+
+    async def _run_job(self, spec: JobSpec) -> None:
+        root = self.settings.work_dir / f"job-{spec.job_id}-{spec.attempt}"
+        try:
+            report, artifacts = await self._execute(spec, root)
+            if report.status in (Status.SUCCESS, Status.WARNING) and artifacts:
+                failure = await self._upload_all(spec, artifacts)
+                if failure is not None:
+                    report = JobReport(
+                        status=Status.ERROR,
+                        message=failure,
+                        started_at=report.started_at,
+                        finished_at=report.finished_at,
+                    )
+            await self.client.finish(spec.job_id, spec.lease_id, report)
+        except ServerRefusedError as exc:
+            # 403/404/409: the job is no longer ours (requeued, deleted); nothing to report.
+            logger.warning("job %s: the server refused a report: %s", spec.job_id, exc)
+        except Exception:
+            logger.exception("job %s failed inside the agent", spec.job_id)
+            with contextlib.suppress(ServerRefusedError, httpx.HTTPError):
+                await self.client.finish(
+                    spec.job_id,
+                    spec.lease_id,
+                    JobReport(status=Status.ERROR, message="the agent failed; see its log"),
+                )
+        finally:
+            if spec.plan.cleanup.remove_workspace:
+                await asyncio.to_thread(shutil.rmtree, root, True)
+
+    async def _execute(self, spec: JobSpec, root: Path) -> tuple[JobReport, list[Artifact]]:
+        started = datetime.now(UTC)
+        workspace = root / "src"
+        try:
+            await asyncio.to_thread(
+                self.mirrors.checkout, spec.repo_url, spec.commit.sha, workspace
+            )
+        except CheckoutError as exc:
+            return JobReport(
+                status=Status.ERROR,
+                message=f"checkout failed: {exc}",
+                started_at=started,
+                finished_at=datetime.now(UTC),
+            ), []
+        sink = ServerSink(self.client, spec, root / "logs")
+        runner = JobRunner(
+            backend=self.backend,
+            plan=spec.plan,
+            key=f"conveyor-{spec.job_id}-{spec.attempt}",
+            workspace=workspace,
+            output=root / "output",
+            facts=RunFacts(
+                commit_sha=spec.commit.sha,
+                branch=spec.commit.branch,
+                tag=spec.commit.tag,
+                commit_message=spec.commit.message,
+                commit_author=spec.commit.author,
+                repo_url=spec.repo_url,
+                project=spec.project,
+                run_number=spec.run_number,
+                run_id=str(spec.run_id),
+                job_id=str(spec.job_id),
+                event=spec.event,
+                variables=spec.variables,
+            ),
+            sink=sink,
+            secrets=spec.secrets,
+            artifacts_dir=root / "artifacts",
+            network=self.backend.default_network(),
+        )
+        self._runners[spec.job_id] = runner
+        if spec.job_id in self._cancelled:
+            runner.cancel("server")
+        try:
+            result = await runner.run()
+        finally:
+            await sink.close()
+        return JobReport(
+            status=result.status,
+            message=result.message,
+            started_at=_timestamp(result.started_at),
+            finished_at=_timestamp(result.finished_at),
+        ), result.artifacts
+
+    async def _upload_all(self, spec: JobSpec, artifacts: list[Artifact]) -> str | None:
+        archive = spec.plan.artifacts.archive if spec.plan.artifacts else ArchiveFormat.NONE
+        for artifact in artifacts:
+            try:
+                await self._upload(spec, artifact, archive)
+            except (ServerRefusedError, httpx.HTTPError, OSError) as exc:
+                return f"uploading artifact {artifact.name} failed: {exc}"
+        return None
+
+    async def _upload(self, spec: JobSpec, artifact: Artifact, archive: ArchiveFormat) -> None:
+        state = await self.client.start_upload(
+            spec.job_id,
+            spec.lease_id,
+            UploadStart(
+                name=artifact.name,
+                size=artifact.size,
+                sha256=artifact.sha256,
+                hash_algorithm=artifact.hash_algorithm,
+                hash=artifact.hash,
+                archive=archive,
+            ),
+        )
+        failures = 0
+        with artifact.path.open("rb") as source:
+            while state.offset < state.size:
+                source.seek(state.offset)
+                chunk = source.read(UPLOAD_CHUNK_BYTES)
+                try:
+                    state = await self.client.upload_chunk(state.upload_id, state.offset, chunk)
+                except (ServerRefusedError, httpx.TransportError):
+                    # A broken connection or an offset the server disagrees with: ask
+                    # where the upload stands and go on from there.
+                    failures += 1
+                    if failures >= UPLOAD_ATTEMPTS:
+                        raise
+                    state = await self.client.upload_state(state.upload_id)
+        await self.client.complete_upload(state.upload_id)

@@ -1,0 +1,62 @@
+"""`conveyor agent`: run jobs of a Conveyor server on this machine."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from conveyor.agent.backends.base import BackendError
+from conveyor.agent.backends.registry import create_backend, default_backend_name
+from conveyor.agent.loop import Agent, AgentSettings
+
+DEFAULT_HOME = Path.home() / ".cache" / "conveyor" / "agent"
+
+
+def agent_command(
+    server: Annotated[str, typer.Option(help="The server's URL, e.g. https://ci.example.com.")],
+    token: Annotated[
+        str,
+        typer.Option(
+            help="The agent's token (POST /api/v1/agents).", envvar="CONVEYOR_AGENT_TOKEN"
+        ),
+    ],
+    labels: Annotated[str, typer.Option(help="Comma-separated labels, e.g. linux,gpu.")] = "",
+    capacity: Annotated[int, typer.Option(min=1, help="Jobs run at once.")] = 1,
+    backend: Annotated[
+        str | None, typer.Option(help="docker or local (default: docker when an engine answers).")
+    ] = None,
+    name: Annotated[str | None, typer.Option(help="Agent name (default: the host name).")] = None,
+    work_dir: Annotated[
+        Path, typer.Option(help="Workspaces and the git mirror cache live here.")
+    ] = DEFAULT_HOME,
+) -> None:
+    """Register with the server and run the jobs it gives, until interrupted."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        chosen = create_backend(backend or default_backend_name())
+    except BackendError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    settings = AgentSettings(
+        server_url=server,
+        token=token,
+        name=name or socket.gethostname(),
+        work_dir=work_dir / "work",
+        cache_dir=work_dir / "cache",
+        labels=[label.strip() for label in labels.split(",") if label.strip()],
+        capacity=capacity,
+    )
+    asyncio.run(_run(Agent(settings, chosen)))
+
+
+async def _run(agent: Agent) -> None:
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, agent.stop)
+    await agent.run()

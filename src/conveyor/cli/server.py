@@ -1,0 +1,44 @@
+"""`conveyor server`: the API, the queue and the embedded agent in one process."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import uvicorn
+
+from conveyor.server.app import create_app
+from conveyor.server.config import Settings
+
+
+def server_command(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(help="Data directory (database, logs, artifacts); CONVEYOR_DATA_DIR."),
+    ] = None,
+    agents: Annotated[
+        int | None, typer.Option(help="Slots of the embedded agent; 0 for none (default 1).")
+    ] = None,
+    backend: Annotated[
+        str | None,
+        typer.Option(
+            help="Backend of the embedded agent (default: docker if it answers, else local)."
+        ),
+    ] = None,
+) -> None:
+    """Start the server; the first start prints a one-time admin password."""
+    overrides: dict[str, Any] = {"host": host, "port": port}
+    if data_dir is not None:
+        overrides["data_dir"] = data_dir
+    if agents is not None:
+        overrides["agents"] = agents
+    if backend is not None:
+        overrides["embedded_backend"] = backend
+    settings = Settings(**overrides)
+    # Agents long-poll for up to 30 s; a stop need not wait for their claims to time out.
+    uvicorn.run(
+        create_app(settings), host=host, port=port, log_level="info", timeout_graceful_shutdown=5
+    )

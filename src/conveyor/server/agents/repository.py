@@ -1,0 +1,139 @@
+"""Every query of the agents package: agents, the queue, leases."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from conveyor.protocol.status import Status
+from conveyor.server.db import dialect
+from conveyor.server.models.agent import Agent
+from conveyor.server.models.job import Job
+from conveyor.server.models.project import Project
+from conveyor.server.models.run import Run
+from conveyor.server.models.step import Step
+
+# A claim looks at no more queued jobs than this at once; enough for any realistic
+# mix of labels and concurrency limits, and a bounded cost when the queue is long.
+CANDIDATE_WINDOW = 2000
+
+
+def open_write_session(factory: sessionmaker[Session]) -> Session:
+    """A session whose transaction writes from its start (`BEGIN IMMEDIATE` on SQLite):
+    agent calls read and then write, and must wait for a concurrent claim rather than
+    fail on it."""
+    session = factory()
+    bind = session.get_bind()
+    session.connection(execution_options=dialect.write_transaction_options(bind.engine))
+    return session
+
+
+@dataclass(frozen=True)
+class QueuedCandidate:
+    job_id: int
+    labels: list[str]
+    project_id: int
+    concurrency_limit: int | None
+
+
+def agent_by_token_hash(session: Session, token_hash: str) -> Agent | None:
+    return session.scalars(select(Agent).where(Agent.token_hash == token_hash)).first()
+
+
+def agent_by_name(session: Session, name: str) -> Agent | None:
+    return session.scalars(select(Agent).where(Agent.name == name)).first()
+
+
+def list_agents(session: Session) -> Sequence[Agent]:
+    return session.scalars(select(Agent).order_by(Agent.name)).all()
+
+
+def queued_candidates(session: Session) -> list[QueuedCandidate]:
+    """Queued jobs in the order they are given out: highest priority, then oldest."""
+    rows = session.execute(
+        select(Job.id, Job.labels, Run.project_id, Project.concurrency_limit)
+        .join(Run, Run.id == Job.run_id)
+        .join(Project, Project.id == Run.project_id)
+        .where(Job.status == Status.QUEUED)
+        .order_by(Job.priority.desc(), Job.queued_at, Job.id)
+        .limit(CANDIDATE_WINDOW)
+    ).all()
+    return [QueuedCandidate(row[0], list(row[1] or []), row[2], row[3]) for row in rows]
+
+
+def lock_queued_job(session: Session, job_id: int) -> Job | None:
+    """The job, locked for this transaction, if it is still queued and no other claimer
+    holds it (PostgreSQL); None otherwise."""
+    statement = select(Job).where(Job.id == job_id, Job.status == Status.QUEUED)
+    statement = dialect.lock_for_claim(statement, skip_locked=True)
+    return session.scalars(statement.execution_options(populate_existing=True)).first()
+
+
+def lock_project(session: Session, project_id: int) -> None:
+    """Serialise the claims of one project's jobs, so that two claimers cannot both
+    see room under its concurrency limit."""
+    statement = dialect.lock_for_claim(
+        select(Project.id).where(Project.id == project_id), skip_locked=False
+    )
+    session.execute(statement)
+
+
+def running_job_count(session: Session, project_id: int) -> int:
+    statement = (
+        select(func.count())
+        .select_from(Job)
+        .join(Run, Run.id == Job.run_id)
+        .where(Run.project_id == project_id, Job.status == Status.RUNNING)
+    )
+    return int(session.scalar(statement) or 0)
+
+
+def reserve_queued_job(session: Session, job_id: int, lease_id: str) -> bool:
+    """Compare-and-set: mark the job as taken under `lease_id` if it is still queued.
+    True when this transaction won it."""
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == Status.QUEUED)
+        .values(lease_id=lease_id)
+        .execution_options(synchronize_session=False)
+    )
+    return getattr(result, "rowcount", 0) == 1
+
+
+def leased_job_count(session: Session, agent_id: int) -> int:
+    """Jobs that hold one of the agent's slots: every job it has a lease on."""
+    statement = (
+        select(func.count())
+        .select_from(Job)
+        .where(Job.agent_id == agent_id, Job.lease_id.is_not(None))
+    )
+    return int(session.scalar(statement) or 0)
+
+
+def cancelled_job_ids(session: Session, agent_id: int) -> list[int]:
+    """Jobs the agent still holds a lease on that ended on the server (cancelled)."""
+    statement = select(Job.id).where(
+        Job.agent_id == agent_id,
+        Job.lease_id.is_not(None),
+        Job.status != Status.RUNNING,
+        Job.status != Status.QUEUED,
+    )
+    return list(session.scalars(statement.order_by(Job.id)))
+
+
+def expired_lease_job_ids(session: Session, now: datetime) -> list[int]:
+    statement = select(Job.id).where(Job.lease_id.is_not(None), Job.lease_expires_at < now)
+    return list(session.scalars(statement.order_by(Job.id)))
+
+
+def lock_job(session: Session, job_id: int) -> Job | None:
+    statement = dialect.lock_for_claim(select(Job).where(Job.id == job_id), skip_locked=True)
+    return session.scalars(statement.execution_options(populate_existing=True)).first()
+
+
+def step_of(session: Session, job_id: int, index: int) -> Step | None:
+    return session.scalars(select(Step).where(Step.job_id == job_id, Step.index == index)).first()

@@ -1,0 +1,262 @@
+"""JSON API of agents: administration (`/api/v1/agents`, admins) and the agent protocol
+(`/api/v1/agent/...`, agent tokens; see `conveyor.protocol.agents`)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, Query, Request, status
+from sqlalchemy.orm import Session, sessionmaker
+from starlette.concurrency import run_in_threadpool
+
+from conveyor.protocol.agents import (
+    LEASE_HEADER,
+    AgentInfo,
+    AgentRegistered,
+    ArtifactInfo,
+    ClaimRequest,
+    ClaimResponse,
+    Heartbeat,
+    HeartbeatResponse,
+    JobReport,
+    LogAppended,
+    StepReport,
+    UploadStart,
+    UploadState,
+)
+from conveyor.server.agents import repository, service
+from conveyor.server.agents.schemas import AgentCreate, AgentCreated, AgentRead
+from conveyor.server.artifacts import service as artifacts_service
+from conveyor.server.config import Settings
+from conveyor.server.deps import AppSettings, CurrentActor, DbSession
+from conveyor.server.errors import NotAuthenticatedError
+from conveyor.server.events import EventBus
+from conveyor.server.logs import service as logs_service
+from conveyor.server.models.agent import Agent
+
+router = APIRouter(prefix="/api/v1", tags=["agents"])
+
+
+# --- dependencies ------------------------------------------------------------------------
+
+
+def _session_factory(request: Request) -> sessionmaker[Session]:
+    factory: sessionmaker[Session] = request.app.state.session_factory
+    return factory
+
+
+def get_write_session(request: Request) -> Iterator[Session]:
+    with repository.open_write_session(_session_factory(request)) as session:
+        try:
+            yield session
+        except BaseException:
+            session.rollback()
+            raise
+        session.commit()
+
+
+AgentSession = Annotated[Session, Depends(get_write_session, scope="function")]
+
+
+def bearer_token(request: Request) -> str:
+    scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not credentials.strip():
+        raise NotAuthenticatedError(
+            "agent calls need 'Authorization: Bearer <agent token>'; an administrator "
+            "creates agents and their tokens with POST /api/v1/agents",
+            code="agent_token_missing",
+        )
+    return credentials.strip()
+
+
+def current_agent(request: Request, session: AgentSession) -> Agent:
+    return service.authenticate(session, bearer_token(request))
+
+
+CurrentAgent = Annotated[Agent, Depends(current_agent)]
+LeaseId = Annotated[str | None, Header(alias=LEASE_HEADER)]
+
+
+# --- administration ----------------------------------------------------------------------
+
+
+@router.post("/agents", response_model=AgentCreated, status_code=status.HTTP_201_CREATED)
+def create_agent(body: AgentCreate, actor: CurrentActor, session: DbSession) -> AgentCreated:
+    agent, token = service.create_agent(session, actor, body.name)
+    return AgentCreated(**AgentRead.model_validate(agent).model_dump(), token=token)
+
+
+@router.get("/agents", response_model=list[AgentRead])
+def list_agents(actor: CurrentActor, session: DbSession) -> list[AgentRead]:
+    return [AgentRead.model_validate(agent) for agent in service.list_agents(session, actor)]
+
+
+@router.get("/agents/{agent_id}", response_model=AgentRead)
+def read_agent(agent_id: int, actor: CurrentActor, session: DbSession) -> AgentRead:
+    return AgentRead.model_validate(service.get_agent(session, actor, agent_id))
+
+
+# --- the agent protocol ------------------------------------------------------------------
+
+
+@router.post("/agent/register", response_model=AgentRegistered)
+def register(
+    body: AgentInfo, agent: CurrentAgent, session: AgentSession, settings: AppSettings
+) -> AgentRegistered:
+    return service.register(session, settings, agent, body)
+
+
+def _authenticated_agent_id(factory: sessionmaker[Session], token: str) -> int:
+    with factory() as session:
+        return service.authenticate(session, token).id
+
+
+def _claim_once(
+    factory: sessionmaker[Session], settings: Settings, agent_id: int, free_slots: int
+) -> ClaimResponse:
+    with repository.open_write_session(factory) as session:
+        response = service.claim(session, settings, agent_id, free_slots)
+        session.commit()
+        return response
+
+
+@router.post("/agent/claim", response_model=ClaimResponse)
+async def claim(body: ClaimRequest, request: Request, settings: AppSettings) -> ClaimResponse:
+    """Jobs for the agent's free slots; when there are none, the request waits (up to
+    `wait` seconds) for a job to be queued or for a cancel of one of its jobs."""
+    factory = _session_factory(request)
+    agent_id = await run_in_threadpool(_authenticated_agent_id, factory, bearer_token(request))
+    bus: EventBus = request.app.state.event_bus
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + body.wait
+    # Subscribed before looking, so a job queued between the look and the wait still
+    # wakes this request.
+    with bus.subscribe(["queue", f"agent:{agent_id}"]) as subscription:
+        while True:
+            response = await run_in_threadpool(
+                _claim_once, factory, settings, agent_id, body.free_slots
+            )
+            remaining = deadline - loop.time()
+            if response.jobs or response.cancel or remaining <= 0:
+                return response
+            if await subscription.get(within=remaining) is None:
+                return response
+
+
+@router.post("/agent/heartbeat", response_model=HeartbeatResponse)
+def heartbeat(
+    body: Heartbeat, agent: CurrentAgent, session: AgentSession, settings: AppSettings
+) -> HeartbeatResponse:
+    return service.heartbeat(session, settings, agent, body)
+
+
+def _append_log(
+    session: Session,
+    settings: Settings,
+    agent: Agent,
+    job_id: int,
+    index: int,
+    lease_id: str | None,
+    offset: int,
+    data: bytes,
+) -> LogAppended:
+    job = service.check_lease(session, agent, job_id, lease_id)
+    step = service.step_for(session, job, index)
+    secrets = service.project_secrets(session, settings, service.job_project(session, job))
+    return logs_service.append(session, settings, step, offset, data, secrets)
+
+
+@router.put("/agent/jobs/{job_id}/steps/{index}/log", response_model=LogAppended)
+async def append_log(
+    job_id: int,
+    index: int,
+    request: Request,
+    agent: CurrentAgent,
+    session: AgentSession,
+    settings: AppSettings,
+    lease_id: LeaseId = None,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> LogAppended:
+    """Raw log bytes at a byte offset; 409 `log_gap` with the size the server holds
+    when the offset is past it."""
+    data = await request.body()
+    return await run_in_threadpool(
+        _append_log, session, settings, agent, job_id, index, lease_id, offset, data
+    )
+
+
+@router.post("/agent/jobs/{job_id}/steps/{index}")
+def report_step(
+    job_id: int,
+    index: int,
+    body: StepReport,
+    agent: CurrentAgent,
+    session: AgentSession,
+    lease_id: LeaseId = None,
+) -> dict[str, Any]:
+    job = service.check_lease(session, agent, job_id, lease_id)
+    service.report_step(session, job, index, body)
+    return {}
+
+
+@router.post("/agent/jobs/{job_id}/finish")
+def finish_job(
+    job_id: int,
+    body: JobReport,
+    agent: CurrentAgent,
+    session: AgentSession,
+    lease_id: LeaseId = None,
+) -> dict[str, Any]:
+    job = service.check_lease(session, agent, job_id, lease_id)
+    service.finish(session, agent, job, body)
+    return {}
+
+
+@router.post("/agent/jobs/{job_id}/uploads", response_model=UploadState)
+def start_upload(
+    job_id: int,
+    body: UploadStart,
+    agent: CurrentAgent,
+    session: AgentSession,
+    settings: AppSettings,
+    lease_id: LeaseId = None,
+) -> UploadState:
+    job = service.check_lease(session, agent, job_id, lease_id)
+    return artifacts_service.start_upload(session, settings, job, agent.id, body)
+
+
+@router.get("/agent/uploads/{upload_id}", response_model=UploadState)
+def upload_state(upload_id: str, agent: CurrentAgent, settings: AppSettings) -> UploadState:
+    return artifacts_service.upload_state(settings, upload_id, agent.id)
+
+
+@router.put("/agent/uploads/{upload_id}", response_model=UploadState)
+async def write_upload_chunk(
+    upload_id: str,
+    request: Request,
+    agent: CurrentAgent,
+    settings: AppSettings,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> UploadState:
+    data = await request.body()
+    return await run_in_threadpool(
+        artifacts_service.write_chunk, settings, upload_id, agent.id, offset, data
+    )
+
+
+@router.post("/agent/uploads/{upload_id}/complete", response_model=ArtifactInfo)
+def complete_upload(
+    upload_id: str, agent: CurrentAgent, session: AgentSession, settings: AppSettings
+) -> ArtifactInfo:
+    artifact = artifacts_service.complete_upload(session, settings, upload_id, agent.id)
+    return ArtifactInfo(
+        id=artifact.id,
+        name=artifact.name,
+        size=artifact.size_bytes,
+        sha256=artifact.sha256,
+        hash_algorithm=artifact.hash_algorithm,
+        hash=artifact.hash_value,
+        archive=artifact.archive_format,
+    )

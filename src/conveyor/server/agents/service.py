@@ -1,0 +1,440 @@
+"""Agents and the queue: accounts and tokens, claims, leases, heartbeats and the
+reports agents send about the jobs they run.
+
+Rules that are not obvious:
+- A claim gives out at most `free_slots` jobs and never more than the agent's capacity
+  minus the jobs it holds a lease on; only jobs whose labels are all among the agent's;
+  highest priority first, then oldest; never beyond a project's concurrency limit.
+- A claim is atomic on both databases: each job is taken with a compare-and-set
+  (`UPDATE ... WHERE status = 'queued'`) on a row locked for the claim (PostgreSQL) or
+  inside an exclusive write transaction (SQLite), so no job ever goes to two agents.
+- Every report about a job carries its lease (`check_lease`): a report of another
+  agent's job is refused (403), one on a stale or expired lease too (409), and neither
+  changes anything.
+- A lease that runs out (agent lost) puts the job back in the queue while attempts
+  remain, else ends it in `error`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from datetime import datetime, timedelta
+
+from sqlalchemy.orm import Session
+
+from conveyor.pipeline.plan import JobPlan
+from conveyor.protocol.agents import (
+    AgentInfo,
+    AgentRegistered,
+    ClaimResponse,
+    CommitFacts,
+    Heartbeat,
+    HeartbeatResponse,
+    JobReport,
+    JobSpec,
+    StepReport,
+)
+from conveyor.protocol.status import Status
+from conveyor.server.agents import repository
+from conveyor.server.config import Settings
+from conveyor.server.db.base import utcnow
+from conveyor.server.errors import (
+    ConflictError,
+    InvalidInputError,
+    NotAuthenticatedError,
+    NotFoundError,
+    PermissionDeniedError,
+)
+from conveyor.server.models.agent import Agent
+from conveyor.server.models.job import Job
+from conveyor.server.models.project import Project
+from conveyor.server.models.run import Run
+from conveyor.server.models.step import Step
+from conveyor.server.runs import state
+from conveyor.server.secrets import service as secrets_service
+from conveyor.server.users.authorization import Actor
+
+AGENT_TOKEN_MARKER = "cva"  # noqa: S105  (the public start of agent tokens, not a secret)
+
+
+class AgentNotFoundError(NotFoundError):
+    code = "agent_not_found"
+
+
+class AgentNameTakenError(ConflictError):
+    code = "agent_name_taken"
+
+
+class AgentTokenInvalidError(NotAuthenticatedError):
+    code = "agent_token_invalid"
+
+
+class JobNotFoundError(NotFoundError):
+    code = "job_not_found"
+
+
+class JobOfAnotherAgentError(PermissionDeniedError):
+    code = "job_of_another_agent"
+
+
+class StaleLeaseError(ConflictError):
+    code = "stale_lease"
+
+
+class StepNotFoundError(NotFoundError):
+    code = "step_not_found"
+
+
+class InvalidReportError(InvalidInputError):
+    code = "invalid_report"
+
+
+# --- accounts --------------------------------------------------------------------------
+
+
+def hash_agent_token(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def new_agent_token() -> str:
+    return f"{AGENT_TOKEN_MARKER}_{secrets.token_urlsafe(32)}"
+
+
+def require_agent_admin(actor: Actor, *, writing: bool) -> None:
+    """Agents are the server's own machinery: only global admins see or manage them."""
+    if actor.is_anonymous:
+        raise NotAuthenticatedError("sign in as an administrator to manage agents")
+    if not actor.is_admin:
+        raise PermissionDeniedError(
+            f"{actor.name!r} is not an administrator; only administrators manage agents "
+            "(an administrator can run `conveyor user set-admin NAME`)"
+        )
+    if writing and "write" not in {str(scope) for scope in actor.scopes}:
+        raise PermissionDeniedError(
+            "this API token may only read; creating agents needs the 'write' scope",
+            code="token_scope_insufficient",
+        )
+
+
+def create_agent(session: Session, actor: Actor, name: str) -> tuple[Agent, str]:
+    """A new agent and its token (returned once; only its hash is stored)."""
+    require_agent_admin(actor, writing=True)
+    if repository.agent_by_name(session, name) is not None:
+        raise AgentNameTakenError(
+            f"an agent named {name!r} already exists; choose another name",
+            detail={"name": name},
+        )
+    token = new_agent_token()
+    agent = Agent(name=name, token_hash=hash_agent_token(token), labels=[], capacity=1)
+    session.add(agent)
+    session.flush()
+    return agent, token
+
+
+def ensure_embedded_agent(session: Session, name: str, capacity: int) -> str:
+    """The embedded agent's row (made on first start), with a fresh token for this
+    start; returns the token."""
+    token = new_agent_token()
+    agent = repository.agent_by_name(session, name)
+    if agent is None:
+        agent = Agent(name=name, labels=[], capacity=capacity)
+        session.add(agent)
+    agent.token_hash = hash_agent_token(token)
+    agent.capacity = capacity
+    session.flush()
+    return token
+
+
+def list_agents(session: Session, actor: Actor) -> list[Agent]:
+    require_agent_admin(actor, writing=False)
+    return list(repository.list_agents(session))
+
+
+def get_agent(session: Session, actor: Actor, agent_id: int) -> Agent:
+    require_agent_admin(actor, writing=False)
+    agent = session.get(Agent, agent_id)
+    if agent is None:
+        raise AgentNotFoundError(
+            f"there is no agent with id {agent_id}; GET /api/v1/agents lists them",
+            detail={"agent_id": agent_id},
+        )
+    return agent
+
+
+def authenticate(session: Session, token: str) -> Agent:
+    agent = repository.agent_by_token_hash(session, hash_agent_token(token))
+    if agent is None:
+        raise AgentTokenInvalidError(
+            "the agent token is not valid; an administrator creates agents and their "
+            "tokens with POST /api/v1/agents"
+        )
+    return agent
+
+
+def register(
+    session: Session, settings: Settings, agent: Agent, info: AgentInfo
+) -> AgentRegistered:
+    agent.labels = sorted(set(info.labels))
+    agent.capacity = info.capacity
+    agent.version = info.version[:64]
+    # The table has no column of its own for the backend; it is part of the platform.
+    platform = f"{info.platform} / {info.backend}" if info.backend else info.platform
+    agent.platform = platform[:100]
+    agent.last_heartbeat_at = utcnow()
+    session.flush()
+    return AgentRegistered(
+        agent_id=agent.id,
+        heartbeat_interval=settings.heartbeat_seconds,
+        lease_duration=settings.lease_seconds,
+    )
+
+
+# --- the queue ---------------------------------------------------------------------------
+
+
+def claim(
+    session: Session,
+    settings: Settings,
+    agent_id: int,
+    free_slots: int,
+    *,
+    now: datetime | None = None,
+) -> ClaimResponse:
+    """Give the agent what it may run now (see the module's rules) and the jobs it must
+    stop. The caller runs this in a write transaction
+    (`dialect.write_transaction_options`) and commits."""
+    now = now or utcnow()
+    agent = session.get(Agent, agent_id)
+    if agent is None:
+        raise AgentNotFoundError(f"agent {agent_id} no longer exists; register it again")
+    cancel = repository.cancelled_job_ids(session, agent.id)
+    held = repository.leased_job_count(session, agent.id)
+    wanted = min(free_slots, agent.capacity - held) if agent.enabled else 0
+    taken: list[Job] = []
+    if wanted > 0:
+        taken = _take_jobs(session, settings, agent, wanted, now)
+    agent.running = held + len(taken)
+    session.flush()
+    specs = [job_spec(session, settings, job) for job in taken]
+    return ClaimResponse(jobs=specs, cancel=cancel)
+
+
+def _take_jobs(
+    session: Session, settings: Settings, agent: Agent, wanted: int, now: datetime
+) -> list[Job]:
+    labels = set(agent.labels or [])
+    running_by_project: dict[int, int] = {}
+    taken: list[Job] = []
+    for candidate in repository.queued_candidates(session):
+        if not set(candidate.labels) <= labels:
+            continue
+        limit = candidate.concurrency_limit
+        if limit is not None:
+            if candidate.project_id not in running_by_project:
+                repository.lock_project(session, candidate.project_id)
+                running_by_project[candidate.project_id] = repository.running_job_count(
+                    session, candidate.project_id
+                )
+            if running_by_project[candidate.project_id] >= limit:
+                continue
+        job = repository.lock_queued_job(session, candidate.job_id)
+        if job is None:
+            continue  # another claimer holds or took it
+        lease_id = secrets.token_hex(16)
+        if not repository.reserve_queued_job(session, job.id, lease_id):
+            continue
+        state.start_job(
+            session,
+            job,
+            agent_id=agent.id,
+            lease_id=lease_id,
+            lease_expires_at=now + timedelta(seconds=settings.lease_seconds),
+            now=now,
+        )
+        if limit is not None:
+            running_by_project[candidate.project_id] += 1
+        taken.append(job)
+        if len(taken) == wanted:
+            break
+    return taken
+
+
+def job_spec(session: Session, settings: Settings, job: Job) -> JobSpec:
+    run = session.get(Run, job.run_id)
+    assert run is not None  # jobs are deleted with their run
+    project = session.get(Project, run.project_id)
+    assert project is not None  # runs are deleted with their project
+    assert job.lease_id is not None and job.lease_expires_at is not None
+    return JobSpec(
+        job_id=job.id,
+        run_id=run.id,
+        run_number=run.number,
+        project=project.name,
+        attempt=job.attempts,
+        lease_id=job.lease_id,
+        lease_expires_in=settings.lease_seconds,
+        repo_url=project.git_url,
+        commit=CommitFacts(
+            sha=run.commit_sha,
+            branch=run.branch,
+            tag=run.tag,
+            message=run.commit_message,
+            author=run.commit_author,
+        ),
+        event=run.event,
+        variables={str(k): str(v) for k, v in (run.variables or {}).items()},
+        secrets=project_secrets(session, settings, project),
+        plan=JobPlan.model_validate(job.plan),
+    )
+
+
+def project_secrets(session: Session, settings: Settings, project: Project) -> dict[str, str]:
+    """The project's decrypted secrets, for its jobs and for masking their logs."""
+    return secrets_service.secret_values(session, settings, project)
+
+
+def job_project(session: Session, job: Job) -> Project:
+    run = session.get(Run, job.run_id)
+    assert run is not None  # jobs are deleted with their run
+    project = session.get(Project, run.project_id)
+    assert project is not None  # runs are deleted with their project
+    return project
+
+
+# --- leases ------------------------------------------------------------------------------
+
+
+def check_lease(session: Session, agent: Agent, job_id: int, lease_id: str | None) -> Job:
+    """The job, if `agent` holds its current lease; raises (changing nothing) when it is
+    unknown (404), another agent's (403), or the lease is stale or expired (409)."""
+    job = session.get(Job, job_id)
+    if job is None:
+        raise JobNotFoundError(
+            f"there is no job {job_id}; it may have been deleted with its run",
+            detail={"job_id": job_id},
+        )
+    if job.agent_id != agent.id:
+        raise JobOfAnotherAgentError(
+            f"job {job_id} is not running on agent {agent.name!r}; an agent may only report "
+            "on the jobs it claimed",
+            detail={"job_id": job_id},
+        )
+    if lease_id is None or job.lease_id is None or lease_id != job.lease_id:
+        raise StaleLeaseError(
+            f"the lease sent for job {job_id} is not its current lease (the job was "
+            "requeued or already finished); stop the job and claim new work",
+            detail={"job_id": job_id},
+        )
+    if job.lease_expires_at is not None and job.lease_expires_at < utcnow():
+        raise StaleLeaseError(
+            f"the lease of job {job_id} expired at {job.lease_expires_at.isoformat()}; "
+            "heartbeats must arrive more often than the lease duration",
+            detail={"job_id": job_id},
+        )
+    return job
+
+
+def heartbeat(
+    session: Session, settings: Settings, agent: Agent, beat: Heartbeat
+) -> HeartbeatResponse:
+    """Extend the leases the agent still holds; name the jobs it must stop: cancelled
+    ones (their lease lives on until the agent confirms) and ones no longer its own."""
+    now = utcnow()
+    expires_at = now + timedelta(seconds=settings.lease_seconds)
+    cancel: list[int] = []
+    for running in beat.running:
+        job = session.get(Job, running.job_id)
+        if job is None or job.agent_id != agent.id or job.lease_id != running.lease_id:
+            cancel.append(running.job_id)
+            continue
+        job.lease_expires_at = expires_at
+        if job.status is not Status.RUNNING:
+            cancel.append(job.id)
+    # Jobs before the agent row, in that order everywhere (claims and reports too):
+    # one flush would write the agent first and deadlock with a concurrent report.
+    session.flush()
+    agent.last_heartbeat_at = now
+    session.flush()
+    return HeartbeatResponse(cancel=cancel, lease_expires_in=settings.lease_seconds)
+
+
+def release_expired_leases(session: Session, *, now: datetime | None = None) -> list[int]:
+    """Jobs whose lease ran out: back to the queue while attempts remain, else `error`
+    ("agent <name> lost"); cancelled jobs whose agent never confirmed just lose the
+    lease. Returns the ids handled. The caller commits."""
+    now = now or utcnow()
+    handled: list[int] = []
+    for job_id in repository.expired_lease_job_ids(session, now):
+        job = repository.lock_job(session, job_id)
+        if job is None or job.lease_id is None or job.lease_expires_at is None:
+            continue
+        if job.lease_expires_at >= now:
+            continue  # a heartbeat extended it meanwhile
+        agent = session.get(Agent, job.agent_id) if job.agent_id is not None else None
+        reason = f"agent {agent.name if agent else '(deleted)'} lost"
+        if job.status is Status.RUNNING and job.attempts < job.max_attempts:
+            state.requeue_job(session, job, reason=reason, now=now)
+        elif job.status is Status.RUNNING:
+            state.finish_job(session, job, Status.ERROR, message=reason, now=now)
+        else:
+            state.release_job(session, job)
+        if agent is not None:
+            agent.running = max(0, agent.running - 1)
+        handled.append(job_id)
+    session.flush()
+    return handled
+
+
+# --- reports -----------------------------------------------------------------------------
+
+
+def step_for(session: Session, job: Job, index: int) -> Step:
+    step = repository.step_of(session, job.id, index)
+    if step is None:
+        raise StepNotFoundError(
+            f"job {job.id} has no step {index}; steps are numbered from 0 in plan order",
+            detail={"job_id": job.id, "index": index},
+        )
+    return step
+
+
+def report_step(session: Session, job: Job, index: int, report: StepReport) -> None:
+    """A step started (`running`) or ended. Repeated reports (a retried request) and
+    reports about a job that already ended on the server change nothing."""
+    step = step_for(session, job, index)
+    if job.status is not Status.RUNNING or step.status is report.status:
+        return
+    if report.status is Status.RUNNING:
+        state.start_step(session, step, now=report.started_at)
+        return
+    if report.status is Status.QUEUED:
+        raise InvalidReportError(
+            f"step {index} of job {job.id} cannot be reported queued; report running "
+            "or a final status",
+            detail={"status": str(report.status)},
+        )
+    state.finish_step(
+        session,
+        step,
+        report.status,
+        exit_code=report.exit_code,
+        started_at=report.started_at,
+        finished_at=report.finished_at,
+    )
+
+
+def finish(session: Session, agent: Agent, job: Job, report: JobReport) -> None:
+    """The agent finished the job: its status is recorded, or, if the server already
+    ended it (cancelled), the lease is released and the status stays."""
+    if not report.status.finished:
+        raise InvalidReportError(
+            f"job {job.id} cannot finish as {report.status}; send its final status",
+            detail={"status": str(report.status)},
+        )
+    if job.status is Status.RUNNING:
+        state.finish_job(session, job, report.status, message=report.message)
+    else:
+        state.release_job(session, job)
+    agent.running = max(0, agent.running - 1)
+    session.flush()

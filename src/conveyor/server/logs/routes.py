@@ -1,0 +1,244 @@
+"""Step logs over HTTP (line ranges, raw download) and WebSocket (live streams).
+
+    GET /api/v1/steps/{step}/log?start=&end=   {start, lines, total}   lines as text
+    GET /api/v1/steps/{step}/log/raw           the whole log, text/plain, attachment
+    WS  /api/v1/runs/{run}/logs/ws?step=|job=[&index=]&offset=
+    WS  /jobs/{job}/ws?index=&offset=          (the cicd service's path: a whole job)
+
+WebSocket messages are JSON: `{"type": "status", "step", "job", "index", "name",
+"status"}`, `{"type": "lines", "step", "start", "lines"}`, `{"type": "end", "status"}`;
+a refused stream gets `{"type": "error", "error": {code, message, detail}}` and is
+closed with code 4000 + the HTTP status (4401, 4403, 4404, 4422). WebSockets
+authenticate with the session cookie, `Authorization: Bearer`, or `?token=`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import re
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, WebSocket, WebSocketDisconnect
+from fastapi.responses import StreamingResponse
+from sqlalchemy.orm import Session, sessionmaker
+from starlette.concurrency import run_in_threadpool
+
+from conveyor.server.config import Settings
+from conveyor.server.db import dialect
+from conveyor.server.deps import AppSettings, DbSession, RequestActor
+from conveyor.server.errors import ConveyorError, InvalidInputError
+from conveyor.server.events import EventBus
+from conveyor.server.logs import service
+from conveyor.server.logs.schemas import LogLines
+from conveyor.server.logs.streams import LogStreams
+from conveyor.server.users import service as users_service
+from conveyor.server.users.authorization import Actor
+from conveyor.server.users.sessions import SESSION_COOKIE_NAME, SessionSigner
+
+router = APIRouter(tags=["logs"])
+logger = logging.getLogger("conveyor.server.logs")
+
+_UNSAFE_FILE_NAME_CHARACTERS = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+@router.get("/api/v1/steps/{step_id}/log", response_model=LogLines)
+def read_log_lines(
+    step_id: int,
+    session: DbSession,
+    settings: AppSettings,
+    actor: RequestActor,
+    start: Annotated[int, Query(ge=0)] = 0,
+    end: Annotated[int | None, Query(ge=0)] = None,
+) -> LogLines:
+    """Lines `[start, end)` (0-based) of a step's log, masked; at most 10,000 per call."""
+    context = service.step_for_reading(session, actor, step_id)
+    secrets = service.step_secrets(session, settings, context.project)
+    lines = service.read_text_range(settings, context.step, start, end, secrets)
+    total = max(context.step.log_line_count, start + len(lines))
+    return LogLines(start=start, lines=lines, total=total)
+
+
+@router.get("/api/v1/steps/{step_id}/log/raw", response_class=StreamingResponse)
+def download_raw_log(
+    step_id: int, session: DbSession, settings: AppSettings, actor: RequestActor
+) -> StreamingResponse:
+    """The step's whole log as stored (masked), as a file."""
+    context = service.step_for_reading(session, actor, step_id)
+    secrets = service.step_secrets(session, settings, context.project)
+    raw = service.raw_log(settings, context.step, secrets)
+    name = "-".join(
+        (context.project.name, str(context.run.number), context.job.name, str(context.step.index))
+    )
+    file_name = _UNSAFE_FILE_NAME_CHARACTERS.sub("_", name) + ".log"
+    return StreamingResponse(
+        raw.chunks(),
+        media_type="text/plain; charset=utf-8",
+        headers={
+            "Content-Length": str(raw.length()),
+            "Content-Disposition": f'attachment; filename="{file_name}"',
+        },
+    )
+
+
+# --- WebSocket streams -----------------------------------------------------------------
+
+
+def _log_streams(websocket: WebSocket) -> LogStreams:
+    state = websocket.app.state
+    streams: LogStreams | None = getattr(state, "log_streams", None)
+    if streams is None:
+        bus: EventBus = state.event_bus
+        streams = state.log_streams = LogStreams(state.session_factory, state.settings, bus)
+    return streams
+
+
+def _websocket_actor(websocket: WebSocket, session: Session) -> Actor:
+    settings: Settings = websocket.app.state.settings
+    if settings.auth_disabled:
+        return users_service.development_actor(session)
+    token = websocket.query_params.get("token")
+    scheme, _, credentials = websocket.headers.get("authorization", "").partition(" ")
+    if not token and scheme.lower() == "bearer" and credentials.strip():
+        token = credentials.strip()
+    if token:
+        return users_service.actor_for_token(session, token)
+    cookie = websocket.cookies.get(SESSION_COOKIE_NAME)
+    if cookie:
+        signer: SessionSigner = websocket.app.state.session_signer
+        actor = users_service.actor_for_session(session, signer, cookie)
+        if actor is not None:
+            return actor
+    return Actor.anonymous(read_allowed=settings.allow_anonymous_read)
+
+
+@contextlib.contextmanager
+def _short_transaction(websocket: WebSocket) -> Iterator[Session]:
+    # A writer from its first statement: signing in with a token records its use, and
+    # on SQLite a read that later writes would fail against concurrent log appends.
+    state = websocket.app.state
+    factory: sessionmaker[Session] = state.session_factory
+    with factory() as session:
+        session.connection(execution_options=dialect.write_transaction_options(state.engine))
+        yield session
+        session.commit()
+
+
+Follow = Callable[[LogStreams, Callable[[str], Awaitable[None]]], Coroutine[Any, Any, None]]
+
+
+def _plan_run_stream(
+    websocket: WebSocket,
+    run_id: int,
+    step: int | None,
+    job: int | None,
+    index: int | None,
+    offset: int,
+) -> Follow:
+    """Check who asks and what, in one short transaction; return the stream to run."""
+    with _short_transaction(websocket) as session:
+        actor = _websocket_actor(websocket, session)
+        run, _project = service.run_for_reading(session, actor, run_id)
+        if step is not None:
+            context = service.step_for_reading(session, actor, step)
+            if context.run.id != run.id:
+                raise service.StepNotFoundError(
+                    f"step {step} is not a step of run {run_id}",
+                    detail={"run": run_id, "step": step},
+                )
+            step_id = step
+            return lambda streams, send: streams.follow_step(step_id, offset, send)
+        if job is None:
+            raise InvalidInputError(
+                f"say which log of run {run_id} to follow: ?step=<step id>, or ?job=<job id> "
+                "(every step of it) with &index=<step index> for one step",
+                detail={"run": run_id},
+            )
+        found_job, job_run, _ = service.job_for_reading(session, actor, job)
+        if job_run.id != run.id:
+            raise service.JobNotFoundError(
+                f"job {job} is not a job of run {run_id}", detail={"run": run_id, "job": job}
+            )
+        if index is None:
+            job_id = found_job.id
+            return lambda streams, send: streams.follow_job(job_id, 0, offset, send)
+        one = service.step_of_job(session, found_job, index)
+        if one is None:
+            raise service.StepNotFoundError(
+                f"job {job} of run {run_id} has no step {index}",
+                detail={"run": run_id, "job": job, "index": index},
+            )
+        one_id = one.id
+        return lambda streams, send: streams.follow_step(one_id, offset, send)
+
+
+def _plan_job_stream(websocket: WebSocket, job_id: int, index: int, offset: int) -> Follow:
+    with _short_transaction(websocket) as session:
+        actor = _websocket_actor(websocket, session)
+        service.job_for_reading(session, actor, job_id)
+    return lambda streams, send: streams.follow_job(job_id, index, offset, send)
+
+
+async def _until_disconnected(websocket: WebSocket) -> None:
+    while True:
+        message = await websocket.receive()
+        if message["type"] == "websocket.disconnect":
+            return
+
+
+async def _serve(websocket: WebSocket, plan: Callable[[], Follow]) -> None:
+    await websocket.accept()
+    try:
+        follow = await run_in_threadpool(plan)
+    except ConveyorError as error:
+        with contextlib.suppress(WebSocketDisconnect, RuntimeError):
+            await websocket.send_text(json.dumps({"type": "error", **error.to_body()}))
+            await websocket.close(code=4000 + error.status_code, reason=error.code)
+        return
+    streaming = asyncio.create_task(follow(_log_streams(websocket), websocket.send_text))
+    # The client never sends anything that matters, but its close must end the stream
+    # at once (a stalled step would otherwise keep its follower alive).
+    watching = asyncio.create_task(_until_disconnected(websocket))
+    try:
+        done, _ = await asyncio.wait({streaming, watching}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (streaming, watching):
+            task.cancel()
+        for task in (streaming, watching):
+            with contextlib.suppress(asyncio.CancelledError, WebSocketDisconnect, Exception):
+                await task
+    if streaming not in done:
+        return  # the client left
+    failure = streaming.exception()
+    if failure is not None and not isinstance(failure, WebSocketDisconnect):
+        logger.error("a log stream failed", exc_info=failure)
+    with contextlib.suppress(WebSocketDisconnect, RuntimeError):
+        await websocket.close(code=1000 if failure is None else 1011)
+
+
+@router.websocket("/api/v1/runs/{run_id}/logs/ws")
+async def follow_run_logs(
+    websocket: WebSocket,
+    run_id: int,
+    step: int | None = None,
+    job: int | None = None,
+    index: int | None = None,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> None:
+    """Follow one step (`step`, or `job` + `index`) or a whole job (`job`) from line
+    `offset`: the backlog, then live lines, then the end."""
+    await _serve(websocket, lambda: _plan_run_stream(websocket, run_id, step, job, index, offset))
+
+
+@router.websocket("/jobs/{job_id}/ws")
+async def follow_job_logs(
+    websocket: WebSocket,
+    job_id: int,
+    index: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> None:
+    """Every step of a job in order (the cicd service's path)."""
+    await _serve(websocket, lambda: _plan_job_stream(websocket, job_id, index, offset))

@@ -1,0 +1,1 @@
+"""Project secrets: encrypted at rest, listed by name only, decrypted for job specs."""

@@ -1,0 +1,133 @@
+"""The agent loop against a real server over HTTP (uvicorn on 127.0.0.1), on both
+databases: claim, checkout, run on the local backend, logs, reports."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from conveyor.agent.backends.registry import create_backend
+from conveyor.agent.loop import Agent, AgentSettings
+from conveyor.pipeline.plan import JobPlan, StepPlan
+from conveyor.protocol.status import Status
+from conveyor.server.app import create_app
+from conveyor.server.config import Settings
+from conveyor.server.logs.paths import step_log_path
+from conveyor.server.models import Job, Run, Step
+from tests.fixtures.databases import empty_database
+from tests.fixtures.gitrepos import Repo
+from tests.fixtures.servers import serve
+from tests.server.agents.queue import add_agent, add_project, queue_job
+
+SCRIPT = "printf 'first line\\n'; printf 'colour \\033[31mred\\033[0m\\n'; printf 'no newline'"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def running_server(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[tuple[str, Settings]]:
+    with empty_database(request.param, tmp_path / "db") as url:
+        settings = Settings(
+            data_dir=tmp_path / "data", database_url=url, agents=0, heartbeat_seconds=0.2
+        )
+        with serve(create_app(settings)) as base_url:
+            yield base_url, settings
+
+
+def _run_until(agent: Agent, done: Callable[[], bool], limit: float = 30.0) -> None:
+    async def main() -> None:
+        task = asyncio.create_task(agent.run())
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + limit
+        # The database is what the test watches; it sends no events to this loop.
+        while not done() and loop.time() < deadline and not task.done():  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+        agent.stop()
+        await asyncio.wait_for(task, 15)
+
+    asyncio.run(main())
+
+
+class TestAgentLoop:
+    def test_one_step_job_runs_end_to_end_with_log_stored_byte_identical(
+        self, running_server: tuple[str, Settings], make_repo: Callable[..., Repo], tmp_path: Path
+    ) -> None:
+        base_url, settings = running_server
+        repo = make_repo({"README": "hello\n"})
+        factory = create_app(settings).state.session_factory  # same database, own engine
+        with factory() as session:
+            project = add_project(session, "demo", git_url=repo.url)
+            plan = JobPlan(name="build", steps=[StepPlan(name="say", commands=[SCRIPT])])
+            job = queue_job(session, project, plan=plan, commit_sha=repo.head())
+            _, token = add_agent(session, "worker")
+            job_id, run_id = job.id, job.run_id
+
+        def finished() -> bool:
+            with factory() as session:
+                stored = session.get(Job, job_id)
+                return stored is not None and stored.status.finished and stored.lease_id is None
+
+        agent = Agent(
+            AgentSettings(
+                server_url=base_url,
+                token=token,
+                name="worker",
+                work_dir=tmp_path / "work",
+                cache_dir=tmp_path / "cache",
+                claim_wait=0.5,
+            ),
+            create_backend("local"),
+        )
+        _run_until(agent, finished)
+        with factory() as session:
+            stored = session.get(Job, job_id)
+            assert stored is not None
+            assert stored.status is Status.SUCCESS, stored.error_message
+            run = session.get(Run, run_id)
+            assert run is not None and run.status is Status.SUCCESS
+            step = _only_step(session, job_id)
+            assert (step.status, step.exit_code) == (Status.SUCCESS, 0)
+        stored_log = step_log_path(settings.data_dir, run_id, job_id, 0).read_bytes()
+        expected = (
+            b"\x1b[1;32m$ " + SCRIPT.encode() + b"\x1b[0m\n"
+            b"first line\ncolour \x1b[31mred\x1b[0m\nno newline"
+        )
+        assert stored_log == expected
+
+    def test_checkout_error_ends_the_job_in_error_with_the_git_message(
+        self, running_server: tuple[str, Settings], make_repo: Callable[..., Repo], tmp_path: Path
+    ) -> None:
+        base_url, settings = running_server
+        repo = make_repo({"README": "hello\n"})
+        factory = create_app(settings).state.session_factory
+        with factory() as session:
+            project = add_project(session, "demo", git_url=repo.url)
+            job = queue_job(session, project, commit_sha="f" * 40, max_attempts=1)
+            _, token = add_agent(session, "worker")
+            job_id = job.id
+
+        def finished() -> bool:
+            with factory() as session:
+                stored = session.get(Job, job_id)
+                return stored is not None and stored.status.finished
+
+        agent = Agent(
+            AgentSettings(base_url, token, "worker", tmp_path / "work", tmp_path / "cache"),
+            create_backend("local"),
+        )
+        agent.settings.claim_wait = 0.5
+        _run_until(agent, finished)
+        with factory() as session:
+            stored = session.get(Job, job_id)
+            assert stored is not None and stored.status is Status.ERROR
+            assert stored.error_message is not None
+            assert "checkout failed" in stored.error_message and "f" * 12 in stored.error_message
+
+
+def _only_step(session: Session, job_id: int) -> Step:
+    return session.scalars(select(Step).where(Step.job_id == job_id)).one()

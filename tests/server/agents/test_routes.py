@@ -1,0 +1,396 @@
+"""The agent API through real HTTP, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+
+import httpx
+from fastapi import FastAPI
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from conveyor.protocol.status import Status
+from conveyor.server.agents import service
+from conveyor.server.models import Agent, Job, Step
+from conveyor.server.runs import state
+from tests.server.agents.queue import (
+    add_agent,
+    add_project,
+    agent_headers,
+    claim,
+    minutes_ago,
+    queue_job,
+)
+from tests.server.conftest import add_user, sign_in
+
+
+def _job_ids(body: dict[str, object]) -> list[int]:
+    jobs = body["jobs"]
+    assert isinstance(jobs, list)
+    return [int(job["job_id"]) for job in jobs]
+
+
+def _fresh(session: Session, job_id: int) -> Job:
+    session.expire_all()
+    job = session.get(Job, job_id)
+    assert job is not None
+    return job
+
+
+class TestAgentAdministration:
+    def test_admin_creates_agent_and_its_token_authenticates(
+        self, http: httpx.Client, db_session: Session
+    ) -> None:
+        add_user(db_session, "root", is_admin=True)
+        sign_in(http, "root")
+        created = http.post("/api/v1/agents", json={"name": "builder-1"})
+        assert created.status_code == 201, created.text
+        token = created.json()["token"]
+        stored = db_session.scalars(select(Agent).where(Agent.name == "builder-1")).one()
+        assert stored.token_hash != token and stored.token_hash == service.hash_agent_token(token)
+        registered = http.post(
+            "/api/v1/agent/register",
+            json={"name": "builder-1", "labels": ["linux"], "capacity": 3},
+            headers=agent_headers(token),
+        )
+        assert registered.status_code == 200, registered.text
+        listed = http.get("/api/v1/agents").json()
+        assert [(a["name"], a["labels"], a["capacity"]) for a in listed] == [
+            ("builder-1", ["linux"], 3)
+        ]
+        assert "token" not in listed[0]
+        assert http.get(f"/api/v1/agents/{stored.id}").json()["name"] == "builder-1"
+
+    def test_non_admin_may_not_create_or_list_agents(
+        self, http: httpx.Client, db_session: Session
+    ) -> None:
+        add_user(db_session, "dev")
+        sign_in(http, "dev")
+        assert http.post("/api/v1/agents", json={"name": "x"}).status_code == 403
+        assert http.get("/api/v1/agents").status_code == 403
+
+    def test_anonymous_gets_401_with_error_shape(self, http: httpx.Client) -> None:
+        response = http.get("/api/v1/agents")
+        assert response.status_code == 401
+        assert response.json()["error"]["code"] == "not_authenticated"
+
+    def test_unknown_agent_token_is_refused(self, http: httpx.Client) -> None:
+        response = http.post(
+            "/api/v1/agent/claim", json={"free_slots": 1, "wait": 0}, headers=agent_headers("x")
+        )
+        assert response.status_code == 401
+        assert response.json()["error"]["code"] == "agent_token_invalid"
+
+
+class TestClaim:
+    def test_labels_filter_jobs(self, http: httpx.Client, db_session: Session) -> None:
+        project = add_project(db_session, "p")
+        gpu = queue_job(db_session, project, labels=["gpu"])
+        plain = queue_job(db_session, project, labels=["linux"])
+        _, token = add_agent(db_session, "a", labels=["linux"], capacity=5)
+        assert _job_ids(claim(http, token, free_slots=5)) == [plain.id]
+        assert _fresh(db_session, gpu.id).status is Status.QUEUED
+
+    def test_capacity_bounds_the_jobs_given(self, http: httpx.Client, db_session: Session) -> None:
+        project = add_project(db_session, "p")
+        for _ in range(4):
+            queue_job(db_session, project)
+        _, token = add_agent(db_session, "a", capacity=2)
+        assert len(_job_ids(claim(http, token, free_slots=5))) == 2
+        assert _job_ids(claim(http, token, free_slots=5)) == []
+
+    def test_priority_first_then_oldest(self, http: httpx.Client, db_session: Session) -> None:
+        project = add_project(db_session, "p")
+        newer_low = queue_job(db_session, project, priority=0, queued_at=minutes_ago(1))
+        older_low = queue_job(db_session, project, priority=0, queued_at=minutes_ago(5))
+        high = queue_job(db_session, project, priority=10, queued_at=minutes_ago(0))
+        _, token = add_agent(db_session, "a", capacity=3)
+        assert _job_ids(claim(http, token, free_slots=3)) == [high.id, older_low.id, newer_low.id]
+
+    def test_project_concurrency_limit_is_respected(
+        self, http: httpx.Client, db_session: Session
+    ) -> None:
+        limited = add_project(db_session, "limited", limit=1)
+        free = add_project(db_session, "free")
+        first = queue_job(db_session, limited, queued_at=minutes_ago(3))
+        queue_job(db_session, limited, queued_at=minutes_ago(2))
+        other = queue_job(db_session, free, queued_at=minutes_ago(1))
+        _, token = add_agent(db_session, "a", capacity=3)
+        assert _job_ids(claim(http, token, free_slots=3)) == [first.id, other.id]
+
+    def test_spec_carries_plan_commit_variables_and_lease(
+        self, http: httpx.Client, db_session: Session
+    ) -> None:
+        project = add_project(db_session, "p", git_url="file:///srv/repo.git")
+        job = queue_job(db_session, project, commit_sha="a" * 40)
+        agent, token = add_agent(db_session, "a")
+        (spec,) = claim(http, token)["jobs"]  # type: ignore[misc]
+        assert spec["repo_url"] == "file:///srv/repo.git"
+        assert spec["commit"]["sha"] == "a" * 40
+        assert spec["variables"] == {"GREETING": "hello"}
+        assert spec["plan"]["steps"][0]["commands"] == ["true"]
+        stored = _fresh(db_session, job.id)
+        assert stored.status is Status.RUNNING and stored.agent_id == agent.id
+        assert stored.lease_id == spec["lease_id"] and stored.attempts == 1
+
+    def test_disabled_agent_gets_no_jobs(self, http: httpx.Client, db_session: Session) -> None:
+        project = add_project(db_session, "p")
+        queue_job(db_session, project)
+        agent, token = add_agent(db_session, "a")
+        agent.enabled = False
+        db_session.commit()
+        assert _job_ids(claim(http, token)) == []
+
+    def test_fifty_concurrent_claimers_never_share_a_job(
+        self, http: httpx.Client, db_session: Session, server_url: str
+    ) -> None:
+        project = add_project(db_session, "p")
+        for number in range(200):
+            queue_job(db_session, project, commit=False, queued_at=minutes_ago(200 - number))
+        db_session.commit()
+        agents = [add_agent(db_session, f"agent-{n}", capacity=8) for n in range(50)]
+        claimed: dict[int, list[int]] = {}
+        errors: list[str] = []
+        start = threading.Barrier(len(agents))
+
+        def claimer(agent_id: int, token: str) -> None:
+            mine: list[int] = []
+            with httpx.Client(base_url=server_url, timeout=60) as client:
+                start.wait()
+                while True:
+                    response = client.post(
+                        "/api/v1/agent/claim",
+                        json={"free_slots": 2, "wait": 0},
+                        headers=agent_headers(token),
+                    )
+                    if response.status_code != 200:
+                        errors.append(response.text)
+                        return
+                    got = _job_ids(response.json())
+                    if not got:
+                        break
+                    mine.extend(got)
+            claimed[agent_id] = mine
+
+        threads = [
+            threading.Thread(target=claimer, args=(agent.id, token)) for agent, token in agents
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
+        assert errors == []
+        every = [job_id for jobs in claimed.values() for job_id in jobs]
+        assert len(every) == 200 and len(set(every)) == 200
+        db_session.expire_all()
+        owners = {row[0]: row[1] for row in db_session.execute(select(Job.id, Job.agent_id))}
+        for agent_id, jobs in claimed.items():
+            assert all(owners[job_id] == agent_id for job_id in jobs)
+
+    def test_long_poll_wakes_when_a_job_is_queued(
+        self, http: httpx.Client, db_session: Session, server_url: str, server_app: FastAPI
+    ) -> None:
+        project = add_project(db_session, "p")
+        _, token = add_agent(db_session, "a")
+        answer: dict[str, object] = {}
+
+        def wait_for_job() -> None:
+            with httpx.Client(base_url=server_url, timeout=30) as client:
+                answer.update(claim(client, token, wait=10.0))
+                answer["at"] = time.monotonic()
+
+        waiter = threading.Thread(target=wait_for_job)
+        waiter.start()
+        time.sleep(0.5)  # the claim is now waiting on the server
+        assert "at" not in answer
+        # A session of the server's own factory: its events reach the server's bus.
+        with server_app.state.session_factory() as writer:
+            job = queue_job(writer, writer.merge(project), commit=False)
+            state.announce_queued(writer, job)
+            writer.commit()
+        queued = time.monotonic()
+        waiter.join(timeout=15)
+        assert _job_ids(answer) == [job.id]
+        latency = float(answer["at"]) - queued  # type: ignore[arg-type]
+        print(f"long-poll pickup latency: {latency * 1000:.1f} ms")
+        assert latency < 2.0
+
+
+def _claimed(http: httpx.Client, db_session: Session) -> tuple[Job, str, str, Agent]:
+    """One job claimed by a fresh agent: (job, lease id, agent token, agent)."""
+    project = add_project(db_session, "p")
+    job = queue_job(db_session, project)
+    agent, token = add_agent(db_session, "a")
+    (spec,) = claim(http, token)["jobs"]  # type: ignore[misc]
+    return job, str(spec["lease_id"]), token, agent
+
+
+class TestLeaseChecks:
+    def test_report_on_foreign_agents_job_is_403_and_changes_nothing(
+        self, http: httpx.Client, db_session: Session
+    ) -> None:
+        job, lease, _, _ = _claimed(http, db_session)
+        _, intruder = add_agent(db_session, "intruder")
+        response = http.post(
+            f"/api/v1/agent/jobs/{job.id}/finish",
+            json={"status": "success"},
+            headers=agent_headers(intruder, lease),
+        )
+        assert response.status_code == 403
+        assert response.json()["error"]["code"] == "job_of_another_agent"
+        assert _fresh(db_session, job.id).status is Status.RUNNING
+
+    def test_report_with_stale_lease_is_409_and_changes_nothing(
+        self, http: httpx.Client, db_session: Session
+    ) -> None:
+        job, _, token, _ = _claimed(http, db_session)
+        response = http.post(
+            f"/api/v1/agent/jobs/{job.id}/steps/0",
+            json={"status": "running"},
+            headers=agent_headers(token, "not-the-lease"),
+        )
+        assert response.status_code == 409
+        assert response.json()["error"]["code"] == "stale_lease"
+        db_session.expire_all()
+        step = db_session.scalars(select(Step).where(Step.job_id == job.id)).one()
+        assert step.status is Status.QUEUED
+
+    def test_report_after_lease_expired_is_409(
+        self, http: httpx.Client, db_session: Session
+    ) -> None:
+        job, lease, token, _ = _claimed(http, db_session)
+        stored = _fresh(db_session, job.id)
+        stored.lease_expires_at = datetime.now(UTC) - timedelta(seconds=1)
+        db_session.commit()
+        response = http.post(
+            f"/api/v1/agent/jobs/{job.id}/finish",
+            json={"status": "success"},
+            headers=agent_headers(token, lease),
+        )
+        assert response.status_code == 409
+        assert _fresh(db_session, job.id).status is Status.RUNNING
+
+    def test_unknown_job_is_404(self, http: httpx.Client, db_session: Session) -> None:
+        _, token = add_agent(db_session, "a")
+        response = http.post(
+            "/api/v1/agent/jobs/999999/finish",
+            json={"status": "success"},
+            headers=agent_headers(token, "x"),
+        )
+        assert response.status_code == 404
+
+
+class TestReports:
+    def test_step_and_job_reports_finish_the_job(
+        self, http: httpx.Client, db_session: Session
+    ) -> None:
+        job, lease, token, _ = _claimed(http, db_session)
+        headers = agent_headers(token, lease)
+        base = f"/api/v1/agent/jobs/{job.id}"
+        assert http.post(f"{base}/steps/0", json={"status": "running"}, headers=headers).is_success
+        # A repeated report (a retried request) changes nothing and is not an error.
+        assert http.post(f"{base}/steps/0", json={"status": "running"}, headers=headers).is_success
+        finished = {"status": "success", "exit_code": 0}
+        assert http.post(f"{base}/steps/0", json=finished, headers=headers).is_success
+        assert http.post(f"{base}/finish", json={"status": "success"}, headers=headers).is_success
+        stored = _fresh(db_session, job.id)
+        assert stored.status is Status.SUCCESS and stored.lease_id is None
+        step = db_session.scalars(select(Step).where(Step.job_id == job.id)).one()
+        assert (step.status, step.exit_code) == (Status.SUCCESS, 0)
+
+    def test_finish_with_non_final_status_is_422(
+        self, http: httpx.Client, db_session: Session
+    ) -> None:
+        job, lease, token, _ = _claimed(http, db_session)
+        response = http.post(
+            f"/api/v1/agent/jobs/{job.id}/finish",
+            json={"status": "running"},
+            headers=agent_headers(token, lease),
+        )
+        assert response.status_code == 422
+        assert response.json()["error"]["code"] == "invalid_report"
+
+
+class TestHeartbeatAndCancel:
+    def test_heartbeat_extends_the_lease(self, http: httpx.Client, db_session: Session) -> None:
+        job, lease, token, agent = _claimed(http, db_session)
+        stored = _fresh(db_session, job.id)
+        stored.lease_expires_at = datetime.now(UTC) + timedelta(seconds=5)
+        db_session.commit()
+        response = http.post(
+            "/api/v1/agent/heartbeat",
+            json={"running": [{"job_id": job.id, "lease_id": lease}]},
+            headers=agent_headers(token),
+        )
+        assert response.status_code == 200 and response.json()["cancel"] == []
+        stored = _fresh(db_session, job.id)
+        assert stored.lease_expires_at is not None
+        assert stored.lease_expires_at > datetime.now(UTC) + timedelta(seconds=30)
+        refreshed = db_session.get(Agent, agent.id)
+        assert refreshed is not None and refreshed.last_heartbeat_at is not None
+
+    def test_cancel_travels_by_heartbeat_and_claim_then_finish_releases(
+        self, http: httpx.Client, db_session: Session
+    ) -> None:
+        job, lease, token, _ = _claimed(http, db_session)
+        state.cancel_job(db_session, _fresh(db_session, job.id))
+        db_session.commit()
+        beat = http.post(
+            "/api/v1/agent/heartbeat",
+            json={"running": [{"job_id": job.id, "lease_id": lease}]},
+            headers=agent_headers(token),
+        )
+        assert beat.json()["cancel"] == [job.id]
+        assert claim(http, token, free_slots=0)["cancel"] == [job.id]
+        finished = http.post(
+            f"/api/v1/agent/jobs/{job.id}/finish",
+            json={"status": "cancelled"},
+            headers=agent_headers(token, lease),
+        )
+        assert finished.status_code == 200
+        stored = _fresh(db_session, job.id)
+        assert stored.status is Status.CANCELLED and stored.lease_id is None
+
+    def test_heartbeat_names_jobs_whose_lease_is_no_longer_theirs(
+        self, http: httpx.Client, db_session: Session
+    ) -> None:
+        job, _, token, _ = _claimed(http, db_session)
+        beat = http.post(
+            "/api/v1/agent/heartbeat",
+            json={"running": [{"job_id": job.id, "lease_id": "old-lease"}]},
+            headers=agent_headers(token),
+        )
+        assert beat.json()["cancel"] == [job.id]
+
+
+class TestExpiredLeases:
+    def test_expired_lease_requeues_while_attempts_remain(
+        self, http: httpx.Client, db_session: Session
+    ) -> None:
+        job, _, _, _ = _claimed(http, db_session)
+        later = datetime.now(UTC) + timedelta(minutes=5)
+        assert service.release_expired_leases(db_session, now=later) == [job.id]
+        db_session.commit()
+        stored = _fresh(db_session, job.id)
+        assert stored.status is Status.QUEUED and stored.lease_id is None
+        assert stored.error_message == "agent a lost"
+
+    def test_expired_lease_on_last_attempt_ends_in_error(
+        self, http: httpx.Client, db_session: Session
+    ) -> None:
+        project = add_project(db_session, "p")
+        job = queue_job(db_session, project, max_attempts=1)
+        _, token = add_agent(db_session, "a")
+        claim(http, token)
+        later = datetime.now(UTC) + timedelta(minutes=5)
+        service.release_expired_leases(db_session, now=later)
+        db_session.commit()
+        stored = _fresh(db_session, job.id)
+        assert stored.status is Status.ERROR and stored.error_message == "agent a lost"
+
+    def test_live_lease_is_left_alone(self, http: httpx.Client, db_session: Session) -> None:
+        job, _, _, _ = _claimed(http, db_session)
+        assert service.release_expired_leases(db_session) == []
+        assert _fresh(db_session, job.id).status is Status.RUNNING

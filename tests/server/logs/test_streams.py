@@ -1,0 +1,350 @@
+"""Live logs over a real WebSocket (the `websockets` client) against a real uvicorn
+server, on SQLite and PostgreSQL: backlog, live lines and end, no gap, no duplicate."""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from sqlalchemy.orm import Session, sessionmaker
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import ClientConnection, connect
+
+from conveyor.protocol.status import Status
+from conveyor.server.config import Settings
+from conveyor.server.db import dialect
+from conveyor.server.db.base import utcnow
+from conveyor.server.logs import service
+from conveyor.server.models.agent import Agent
+from conveyor.server.models.job import Job
+from conveyor.server.models.membership import Role
+from conveyor.server.models.step import Step
+from conveyor.server.runs import state
+from conveyor.server.users import service as users_service
+from tests.server.conftest import add_user, sign_in
+from tests.server.logs.records import add_member, add_run
+
+pytestmark = pytest.mark.usefixtures("clean_data_dir")
+
+RECEIVE_TIMEOUT = 20.0
+
+
+def _token(session: Session, name: str = "ada", *, is_admin: bool = True) -> str:
+    user = add_user(session, name, is_admin=is_admin)
+    created = users_service.create_api_token(session, user, "ws")
+    session.commit()
+    return created.plaintext
+
+
+def _ws_url(server_url: str, path: str) -> str:
+    return "ws" + server_url.removeprefix("http") + path
+
+
+def _receive_all(connection: ClientConnection) -> list[dict[str, Any]]:
+    messages = []
+    while True:
+        message = json.loads(connection.recv(timeout=RECEIVE_TIMEOUT))
+        messages.append(message)
+        if message["type"] in ("end", "error"):
+            return messages
+
+
+def _lines_of(messages: list[dict[str, Any]], step_id: int, first: int) -> list[str]:
+    """The streamed lines of one step, checking that each message starts exactly where
+    the previous one ended (no gap, no duplicate)."""
+    lines: list[str] = []
+    for message in messages:
+        if message["type"] == "lines" and message["step"] == step_id:
+            assert message["start"] == first + len(lines), "a gap or a duplicate"
+            lines.extend(message["lines"])
+    return lines
+
+
+def _stored_text(settings: Settings, session: Session, step_id: int) -> list[str]:
+    step = session.get(Step, step_id)
+    assert step is not None
+    return service.log_file(settings, step).read_bytes().decode().split("\n")
+
+
+class Agentlike:
+    """Writes a step's log the way an agent does: batches of bytes cut anywhere, at
+    byte offsets, each request its own committed transaction on the server's sessions
+    (so the server's event bus hears of it)."""
+
+    def __init__(self, app: FastAPI, settings: Settings, step_id: int) -> None:
+        self.factory: sessionmaker[Session] = app.state.session_factory
+        self.write_options = dialect.write_transaction_options(app.state.engine)
+        self.settings = settings
+        self.step_id = step_id
+        self.offset = 0
+
+    def _in_transaction(self, work: Callable[[Session, Step], None]) -> None:
+        with self.factory() as session:
+            session.connection(execution_options=self.write_options)
+            step = session.get(Step, self.step_id)
+            assert step is not None
+            work(session, step)
+            session.commit()
+
+    def send(self, data: bytes) -> None:
+        def append(session: Session, step: Step) -> None:
+            self.offset = service.append(session, self.settings, step, self.offset, data, {}).size
+
+        self._in_transaction(append)
+
+    def start(self) -> None:
+        self._in_transaction(lambda session, step: state.start_step(session, step))
+
+    def finish(self, status: Status = Status.SUCCESS) -> None:
+        self._in_transaction(lambda session, step: state.finish_step(session, step, status))
+
+
+def _numbered(first: int, count: int) -> bytes:
+    return b"".join(f"line {i} {'=' * (i % 40)}\n".encode() for i in range(first, first + count))
+
+
+def _send_in_random_batches(agent: Agentlike, data: bytes, seed: int) -> None:
+    chooser = random.Random(seed)
+    at = 0
+    while at < len(data):
+        size = chooser.randint(1, 20_000)
+        agent.send(data[at : at + size])
+        at += size
+
+
+class TestFollowStep:
+    @pytest.mark.parametrize("offset", [0, 1_234])
+    def test_lines_received_while_appended_equal_the_stored_lines(
+        self,
+        offset: int,
+        db_session: Session,
+        server_app: FastAPI,
+        server_settings: Settings,
+        server_url: str,
+    ) -> None:
+        records = add_run(db_session)
+        token = _token(db_session)
+        step_id = records.steps[0].id
+        agent = Agentlike(server_app, server_settings, step_id)
+        agent.start()
+        _send_in_random_batches(agent, _numbered(0, 3_000), seed=1)  # the backlog
+        url = _ws_url(
+            server_url,
+            f"/api/v1/runs/{records.run.id}/logs/ws?step={step_id}&offset={offset}&token={token}",
+        )
+
+        def keep_writing() -> None:
+            _send_in_random_batches(agent, _numbered(3_000, 30_000), seed=2)
+            agent.send(b"last line without newline")
+            agent.finish(Status.FAILURE)
+
+        writer = threading.Thread(target=keep_writing)
+        with connect(url) as connection:
+            writer.start()
+            messages = _receive_all(connection)
+        writer.join()
+
+        assert messages[0]["type"] == "status"
+        assert messages[0]["step"] == step_id
+        assert messages[-1] == {"type": "end", "status": "failure"}
+        stored = _stored_text(server_settings, db_session, step_id)
+        assert stored[-1] == "last line without newline"
+        assert _lines_of(messages, step_id, offset) == stored[offset:]
+
+    def test_many_viewers_joining_at_different_times_all_get_every_line(
+        self,
+        db_session: Session,
+        server_app: FastAPI,
+        server_settings: Settings,
+        server_url: str,
+    ) -> None:
+        records = add_run(db_session)
+        token = _token(db_session)
+        step_id = records.steps[0].id
+        agent = Agentlike(server_app, server_settings, step_id)
+        agent.start()
+        url = _ws_url(
+            server_url, f"/api/v1/runs/{records.run.id}/logs/ws?step={step_id}&token={token}"
+        )
+        results: dict[int, list[dict[str, Any]]] = {}
+        failures: list[BaseException] = []
+        joined = threading.Barrier(4)
+
+        def view(number: int) -> None:
+            try:
+                with connect(url) as connection:
+                    connection.recv(timeout=RECEIVE_TIMEOUT)  # the status: attached
+                    joined.wait(timeout=RECEIVE_TIMEOUT)
+                    results[number] = _receive_all(connection)
+            except BaseException as error:
+                failures.append(error)
+
+        viewers = [threading.Thread(target=view, args=(n,)) for n in range(3)]
+        for viewer in viewers:
+            viewer.start()
+        _send_in_random_batches(agent, _numbered(0, 2_000), seed=3)
+        joined.wait(timeout=RECEIVE_TIMEOUT)
+        _send_in_random_batches(agent, _numbered(2_000, 20_000), seed=4)
+        agent.finish()
+        for viewer in viewers:
+            viewer.join()
+        assert failures == []
+        stored = _stored_text(server_settings, db_session, step_id)[:-1]  # ends with "\n"
+        for messages in results.values():
+            assert _lines_of(messages, step_id, 0) == stored
+            assert messages[-1] == {"type": "end", "status": "success"}
+
+    def test_finished_step_sends_its_backlog_then_the_end(
+        self,
+        db_session: Session,
+        server_app: FastAPI,
+        server_settings: Settings,
+        server_url: str,
+    ) -> None:
+        records = add_run(db_session)
+        token = _token(db_session)
+        step_id = records.steps[1].id
+        agent = Agentlike(server_app, server_settings, step_id)
+        agent.start()
+        agent.send(_numbered(0, 12_000))
+        agent.finish()
+        url = _ws_url(
+            server_url,
+            f"/api/v1/runs/{records.run.id}/logs/ws?job={records.job.id}&index=1&token={token}",
+        )
+        with connect(url) as connection:
+            messages = _receive_all(connection)
+        lines = _lines_of(messages, step_id, 0)
+        assert lines == [f"line {i} {'=' * (i % 40)}" for i in range(12_000)]
+        # Batched: a few thousand lines per message, not one message per line.
+        assert len([m for m in messages if m["type"] == "lines"]) <= 4
+        assert messages[-1] == {"type": "end", "status": "success"}
+
+
+class TestFollowJob:
+    def test_cicd_path_streams_every_step_in_order_then_the_job_end(
+        self,
+        db_session: Session,
+        server_app: FastAPI,
+        server_settings: Settings,
+        server_url: str,
+    ) -> None:
+        records = add_run(db_session, steps=3)
+        token = _token(db_session)
+        agent_row = Agent(name="a1")
+        db_session.add(agent_row)
+        db_session.commit()
+        url = _ws_url(server_url, f"/jobs/{records.job.id}/ws?token={token}")
+        factory: sessionmaker[Session] = server_app.state.session_factory
+        write_options = dialect.write_transaction_options(server_app.state.engine)
+
+        def run_job() -> None:
+            with factory() as session:
+                session.connection(execution_options=write_options)
+                job = session.get(Job, records.job.id)
+                assert job is not None
+                state.start_job(
+                    session,
+                    job,
+                    agent_id=agent_row.id,
+                    lease_id="lease",
+                    lease_expires_at=utcnow() + timedelta(minutes=5),
+                )
+                session.commit()
+            for step in records.steps[:2]:
+                agent = Agentlike(server_app, server_settings, step.id)
+                agent.start()
+                _send_in_random_batches(agent, _numbered(0, 2_000), seed=step.index)
+                agent.finish()
+            with factory() as session:
+                session.connection(execution_options=write_options)
+                job = session.get(Job, records.job.id)
+                assert job is not None
+                state.finish_job(session, job, Status.SUCCESS)  # the third step: skipped
+                session.commit()
+
+        worker = threading.Thread(target=run_job)
+        with connect(url) as connection:
+            worker.start()
+            messages = _receive_all(connection)
+        worker.join()
+        expected = [f"line {i} {'=' * (i % 40)}" for i in range(2_000)]
+        assert _lines_of(messages, records.steps[0].id, 0) == expected
+        assert _lines_of(messages, records.steps[1].id, 0) == expected
+        steps_in_order = [m["step"] for m in messages if m["type"] == "lines"]
+        assert steps_in_order == sorted(steps_in_order)
+        finals = [
+            (m["step"], m["status"])
+            for m in messages
+            if m["type"] == "status" and "index" not in m and Status(m["status"]).finished
+        ]
+        assert finals == [
+            (records.steps[0].id, "success"),
+            (records.steps[1].id, "success"),
+            (records.steps[2].id, "skipped"),
+        ]
+        assert messages[-1] == {"type": "end", "status": "success"}
+
+
+class TestStreamPermissions:
+    def _refusal(self, url: str) -> tuple[dict[str, Any], int | None]:
+        """The error message of a refused stream and the close code that follows it."""
+        with connect(url) as connection:
+            message = json.loads(connection.recv(timeout=RECEIVE_TIMEOUT))
+            with pytest.raises(ConnectionClosed) as closed:
+                connection.recv(timeout=RECEIVE_TIMEOUT)
+        return message, None if closed.value.rcvd is None else closed.value.rcvd.code
+
+    def test_anonymous_is_refused_with_4401(self, db_session: Session, server_url: str) -> None:
+        records = add_run(db_session)
+        url = _ws_url(
+            server_url, f"/api/v1/runs/{records.run.id}/logs/ws?step={records.steps[0].id}"
+        )
+        message, code = self._refusal(url)
+        assert message["type"] == "error"
+        assert message["error"]["code"] == "not_authenticated"
+        assert code == 4401
+
+    def test_member_of_another_project_is_refused_with_4403(
+        self, db_session: Session, server_url: str
+    ) -> None:
+        records = add_run(db_session)
+        other = add_run(db_session, "other")
+        token = _token(db_session, "mo", is_admin=False)
+        user = users_service.get_user_by_name(db_session, "mo")
+        add_member(db_session, user, other.project, Role.MAINTAINER)
+        url = _ws_url(server_url, f"/jobs/{records.job.id}/ws?token={token}")
+        message, code = self._refusal(url)
+        assert message["error"]["code"] == "permission_denied"
+        assert code == 4403
+
+    def test_viewer_follows_with_the_session_cookie(
+        self, db_session: Session, server_url: str, server_settings: Settings
+    ) -> None:
+        records = add_run(db_session)
+        add_member(db_session, add_user(db_session, "vic"), records.project, Role.VIEWER)
+        with httpx.Client(base_url=server_url) as client:
+            cookie = sign_in(client, "vic").headers["set-cookie"].split(";")[0]
+        with db_session.begin():
+            job = db_session.get(Job, records.job.id)
+            assert job is not None
+            state.finish_job(db_session, job, Status.CANCELLED)
+        url = _ws_url(server_url, f"/jobs/{records.job.id}/ws")
+        with connect(url, additional_headers={"Cookie": cookie}) as connection:
+            messages = _receive_all(connection)
+        assert messages[-1] == {"type": "end", "status": "cancelled"}
+
+    def test_unknown_run_is_refused_with_4404(self, db_session: Session, server_url: str) -> None:
+        token = _token(db_session)
+        message, code = self._refusal(
+            _ws_url(server_url, f"/api/v1/runs/999999/logs/ws?step=1&token={token}")
+        )
+        assert message["error"]["code"] == "run_not_found"
+        assert code == 4404
