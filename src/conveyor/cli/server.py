@@ -40,5 +40,11 @@ def server_command(
     settings = Settings(**overrides)
     # Agents long-poll for up to 30 s; a stop need not wait for their claims to time out.
     uvicorn.run(
-        create_app(settings), host=host, port=port, log_level="info", timeout_graceful_shutdown=5
+        create_app(settings),
+        host=host,
+        port=port,
+        log_level="info",
+        timeout_graceful_shutdown=5,
+        # Per-message compression doubles the cost of each log viewer; lines are small.
+        ws_per_message_deflate=False,
     )

@@ -1,0 +1,272 @@
+"""Server benchmark: a real `conveyor server` process, real HTTP and WebSocket.
+
+    python bench/server.py [--runs 50] [--queued 200] [--viewers 100] [--lines 100000]
+                           [--database-url URL]
+
+Prints, side by side:
+(a) latency from trigger (the API call) to run success, one-step `true` pipeline on the
+    local backend, median and p95, against running `true` raw (target: median < 100 ms,
+    git resolution included);
+(b) runs completed per second: N one-step runs queued while no agent runs, then the
+    server restarted with 4 embedded agent slots (target: >= 40/s on 2 cores);
+(c) 100 WebSocket viewers of one job all receiving 100,000 lines, against the time to
+    store them with no viewer (target: < 2x);
+(d) the server's resident memory idle and after the runs (target: < 80 MiB idle).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import datetime
+from pathlib import Path
+
+import httpx
+import websockets
+
+GIT_ENV = {
+    "GIT_AUTHOR_NAME": "Bench",
+    "GIT_AUTHOR_EMAIL": "bench@example.test",
+    "GIT_COMMITTER_NAME": "Bench",
+    "GIT_COMMITTER_EMAIL": "bench@example.test",
+}
+
+
+def make_repo(root: Path, name: str, pipeline: str) -> str:
+    path = root / name
+    path.mkdir(parents=True)
+    env = {**os.environ, **GIT_ENV}
+    subprocess.run(["git", "init", "-q", "-b", "main"], cwd=path, check=True, env=env)
+    (path / ".conveyor.yml").write_text(pipeline)
+    subprocess.run(["git", "add", "."], cwd=path, check=True, env=env)
+    subprocess.run(["git", "commit", "-qm", "bench"], cwd=path, check=True, env=env)
+    return path.as_uri()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class Server:
+    def __init__(self, data_dir: Path, agents: int, database_url: str | None) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {**os.environ}
+        if database_url:
+            env["CONVEYOR_DATABASE_URL"] = database_url
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "conveyor", "server", "--port", str(self.port),
+             "--data-dir", str(data_dir), "--agents", str(agents), "--backend", "local"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+        )  # fmt: skip
+        self.password: str | None = None
+        assert self.process.stdout is not None
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            line = self.process.stdout.readline()
+            if not line:
+                raise SystemExit("server exited during start")
+            found = re.search(r"password '([^']+)'", line)
+            if found:
+                self.password = found.group(1)
+            if "Uvicorn running on" in line:
+                break
+        # Keep reading its output so that the pipe never fills and blocks the server.
+        threading.Thread(target=self._read_rest, daemon=True).start()
+
+    def _read_rest(self) -> None:
+        assert self.process.stdout is not None
+        for _ in self.process.stdout:
+            pass
+
+    def rss_mib(self) -> float:
+        status = Path(f"/proc/{self.process.pid}/status").read_text()
+        kib = int(re.search(r"VmRSS:\s+(\d+)", status).group(1))  # type: ignore[union-attr]
+        return kib / 1024
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+def sign_in(url: str, password: str) -> tuple[httpx.Client, str]:
+    client = httpx.Client(base_url=url, timeout=60)
+    client.post("/api/v1/session", json={"name": "admin", "password": password}).raise_for_status()
+    token = client.post("/api/v1/user/tokens", json={"name": "bench"}).json()["token"]
+    client.headers["Authorization"] = f"Bearer {token}"
+    client.cookies.clear()
+    return client, token
+
+
+async def wait_for_end(url: str, job_id: int, token: str) -> tuple[str, int]:
+    ws_url = url.replace("http://", "ws://") + f"/jobs/{job_id}/ws?token={token}"
+    lines = 0
+    async with websockets.connect(ws_url, max_size=None, compression=None) as ws:
+        while True:
+            message = json.loads(await ws.recv())
+            if message["type"] == "lines":
+                lines += len(message["lines"])
+            elif message["type"] == "end":
+                return message["status"], lines
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+
+def bench_latency(server: Server, api: httpx.Client, token: str, repo: str, runs: int) -> None:
+    api.post("/api/v1/projects", json={"name": "latency", "git_url": repo}).raise_for_status()
+    took: list[float] = []
+    for i in range(runs + 3):
+        started = time.perf_counter()
+        run = api.post("/api/v1/projects/latency/runs", json={"branch": "main"}).json()
+        status, _ = asyncio.run(wait_for_end(server.url, run["jobs"][0]["id"], token))
+        elapsed = time.perf_counter() - started
+        if status != "success":
+            raise SystemExit(f"run {run['number']} ended {status}")
+        if i >= 3:  # the first runs warm the mirror and the agent's caches
+            took.append(elapsed)
+    raw = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        subprocess.run(["true"], check=True)
+        raw.append(time.perf_counter() - started)
+    median, p95 = statistics.median(took) * 1000, percentile(took, 95) * 1000
+    print(f"(a) trigger -> success, {runs} one-step runs (local backend)")
+    print(f"    conveyor   median {median:7.1f} ms   p95 {p95:7.1f} ms   (target: median < 100 ms)")
+    print(
+        f"    raw `true` median {statistics.median(raw) * 1000:7.1f} ms   "
+        f"p95 {percentile(raw, 95) * 1000:7.1f} ms"
+    )
+
+
+def bench_throughput(root: Path, repo: str, queued: int, database_url: str | None) -> float:
+    data = root / "throughput"
+    server = Server(data, agents=0, database_url=database_url)
+    assert server.password
+    api, _ = sign_in(server.url, server.password)
+    api.post("/api/v1/projects", json={"name": "many", "git_url": repo}).raise_for_status()
+    started = time.perf_counter()
+    ids = [
+        api.post("/api/v1/projects/many/runs", json={"branch": "main"}).json()["id"]
+        for _ in range(queued)
+    ]
+    trigger_rate = queued / (time.perf_counter() - started)
+    server.stop()
+    server = Server(data, agents=4, database_url=database_url)
+    api = httpx.Client(base_url=server.url, timeout=60, headers=api.headers)
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        page = api.get("/api/v1/runs", params={"project": "many", "status": "queued"}).json()
+        running = api.get("/api/v1/runs", params={"project": "many", "status": "running"}).json()
+        if page["total"] == 0 and running["total"] == 0:
+            break
+        time.sleep(0.5)
+    runs = [api.get(f"/api/v1/runs/{i}").json() for i in ids]
+    bad = [r["status"] for r in runs if r["status"] != "success"]
+    if bad:
+        raise SystemExit(f"{len(bad)} runs did not succeed: {bad[:5]}")
+    first = min(datetime.fromisoformat(r["started_at"]) for r in runs)
+    last = max(datetime.fromisoformat(r["finished_at"]) for r in runs)
+    seconds = (last - first).total_seconds()
+    rss_after = server.rss_mib()
+    server.stop()
+    print(f"(b) {queued} queued one-step runs, 4 embedded agent slots")
+    print(
+        f"    {queued / seconds:7.1f} runs/s completed ({seconds:.2f} s from first start to last"
+        f" end; target >= 40/s); triggering ran at {trigger_rate:.0f}/s"
+    )
+    return rss_after
+
+
+async def viewers_receive(url: str, job_id: int, token: str, viewers: int) -> list[int]:
+    results = await asyncio.gather(*(wait_for_end(url, job_id, token) for _ in range(viewers)))
+    return [lines for _, lines in results]
+
+
+def bench_viewers(
+    server: Server, api: httpx.Client, token: str, repo: str, viewers: int, lines: int
+) -> None:
+    api.post("/api/v1/projects", json={"name": "chatty", "git_url": repo}).raise_for_status()
+    # Baseline: no viewer; the time from the job's start to its end is the time to
+    # produce and store the lines.
+    run = api.post("/api/v1/projects/chatty/runs", json={"branch": "main"}).json()
+    status, stored = asyncio.run(wait_for_end(server.url, run["jobs"][0]["id"], token))
+    if status != "success":
+        raise SystemExit(f"the chatty run ended {status}")
+    detail = api.get(f"/api/v1/runs/{run['id']}").json()
+    job = detail["jobs"][0]
+    store_seconds = (
+        datetime.fromisoformat(job["finished_at"]) - datetime.fromisoformat(job["started_at"])
+    ).total_seconds()
+    # With viewers: all connect as the run is triggered, and the clock runs from the job's
+    # start to the last viewer's end message.
+    run = api.post("/api/v1/projects/chatty/runs", json={"branch": "main"}).json()
+    job_id = run["jobs"][0]["id"]
+    counts = asyncio.run(viewers_receive(server.url, job_id, token, viewers))
+    done = time.time()
+    job = api.get(f"/api/v1/runs/{run['id']}").json()["jobs"][0]
+    view_seconds = done - datetime.fromisoformat(job["started_at"]).timestamp()
+    expected = stored
+    complete = sum(1 for c in counts if c == expected)
+    print(f"(c) {viewers} WebSocket viewers of one job printing {lines:,} lines")
+    print(f"    stored with no viewer      {store_seconds:6.2f} s")
+    print(
+        f"    all {complete}/{viewers} viewers got all {expected:,} lines"
+        f" in {view_seconds:6.2f} s   {view_seconds / store_seconds:.2f}x (target < 2x)"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--runs", type=int, default=50)
+    parser.add_argument("--queued", type=int, default=200)
+    parser.add_argument("--viewers", type=int, default=100)
+    parser.add_argument("--lines", type=int, default=100_000)
+    parser.add_argument("--database-url", default=None)
+    args = parser.parse_args()
+    root = Path(tempfile.mkdtemp(prefix="conveyor-bench-server-"))
+    quick = make_repo(root, "quick", "steps: [{name: t, commands: ['true']}]\n")
+    chatty = make_repo(
+        root, "chatty",
+        f"steps: [{{name: t, commands: ['seq -f \"line %.0f of the log\" 1 {args.lines}']}}]\n",
+    )  # fmt: skip
+    print(f"database: {args.database_url or 'SQLite (default)'}")
+    server = Server(root / "main", agents=4, database_url=args.database_url)
+    assert server.password
+    time.sleep(2)
+    idle = server.rss_mib()
+    api, token = sign_in(server.url, server.password)
+    try:
+        bench_latency(server, api, token, quick, args.runs)
+        bench_viewers(server, api, token, chatty, args.viewers, args.lines)
+        after = server.rss_mib()
+    finally:
+        server.stop()
+    rss_after_queue = bench_throughput(root, quick, args.queued, args.database_url)
+    print("(d) server resident memory")
+    print(
+        f"    idle {idle:6.1f} MiB (target < 80 MiB); after (a)+(c) {after:6.1f} MiB;"
+        f" after (b) {rss_after_queue:6.1f} MiB"
+    )
+
+
+if __name__ == "__main__":
+    main()
