@@ -75,10 +75,12 @@ class Server:
         self.password: str | None = None
         assert self.process.stdout is not None
         deadline = time.monotonic() + 60
+        seen: list[str] = []
         while time.monotonic() < deadline:
             line = self.process.stdout.readline()
+            seen.append(line)
             if not line:
-                raise SystemExit("server exited during start")
+                raise SystemExit("server exited during start:\n" + "".join(seen[-30:]))
             found = re.search(r"password '([^']+)'", line)
             if found:
                 self.password = found.group(1)

@@ -141,8 +141,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     engine = create_database_engine(settings.database_url)
     app.state.settings = settings
     app.state.engine = engine
-    app.state.write_engine = engine.execution_options(**dialect.write_transaction_options(engine))
-    app.state.session_factory = create_session_factory(engine)
+    # Sessions that may write start as writers (SQLite: BEGIN IMMEDIATE, waiting for the
+    # lock instead of failing a read-then-write on a stale snapshot); sessions that only
+    # read (GET requests, log streams) use the plain engine and never wait.
+    write_engine = engine.execution_options(**dialect.write_transaction_options(engine))
+    app.state.session_factory = create_session_factory(write_engine)
+    app.state.read_session_factory = create_session_factory(engine)
     app.state.event_bus = events.EventBus()
     events.install(app.state.session_factory, app.state.event_bus)
     app.state.session_signer = SessionSigner(settings.session_secret_key())

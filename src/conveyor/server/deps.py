@@ -40,16 +40,12 @@ SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 def get_db_session(request: Request) -> Iterator[Session]:
-    factory: sessionmaker[Session] = request.app.state.session_factory
-    # A request that may write holds the writer's lock from its first statement (SQLite:
-    # BEGIN IMMEDIATE; PostgreSQL: no difference), so a read-then-write waits for other
-    # writers instead of failing on a stale snapshot.
-    bind = (
-        request.app.state.engine
-        if request.method in SAFE_METHODS
-        else request.app.state.write_engine
+    # A request that may write gets a writer session (see `create_app`); reads don't wait.
+    state = request.app.state
+    factory: sessionmaker[Session] = (
+        state.read_session_factory if request.method in SAFE_METHODS else state.session_factory
     )
-    with factory(bind=bind) as session:
+    with factory() as session:
         try:
             yield session
         except BaseException:

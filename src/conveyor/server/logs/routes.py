@@ -92,7 +92,7 @@ def _log_streams(websocket: WebSocket) -> LogStreams:
     streams: LogStreams | None = getattr(state, "log_streams", None)
     if streams is None:
         bus: EventBus = state.event_bus
-        streams = state.log_streams = LogStreams(state.session_factory, state.settings, bus)
+        streams = state.log_streams = LogStreams(state.read_session_factory, state.settings, bus)
     return streams
 
 
