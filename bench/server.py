@@ -1,7 +1,7 @@
 """Server benchmark: a real `conveyor server` process, real HTTP and WebSocket.
 
     python bench/server.py [--runs 50] [--queued 200] [--viewers 100] [--lines 100000]
-                           [--database-url URL]
+                           [--database-url URL] [--only latency,throughput,viewers]
 
 Prints, side by side:
 (a) latency from trigger (the API call) to run success, one-step `true` pipeline on the
@@ -243,7 +243,16 @@ def main() -> None:
     parser.add_argument("--viewers", type=int, default=100)
     parser.add_argument("--lines", type=int, default=100_000)
     parser.add_argument("--database-url", default=None)
+    parser.add_argument(
+        "--only",
+        default="latency,throughput,viewers",
+        help="comma-separated parts to run (latency, throughput, viewers); memory is always shown",
+    )
     args = parser.parse_args()
+    parts = {part.strip() for part in args.only.split(",") if part.strip()}
+    unknown = parts - {"latency", "throughput", "viewers"}
+    if unknown:
+        parser.error(f"unknown parts: {', '.join(sorted(unknown))}")
     root = Path(tempfile.mkdtemp(prefix="conveyor-bench-server-"))
     quick = make_repo(root, "quick", "steps: [{name: t, commands: ['true']}]\n")
     chatty = make_repo(
@@ -257,16 +266,22 @@ def main() -> None:
     idle = server.rss_mib()
     api, token = sign_in(server.url, server.password)
     try:
-        bench_latency(server, api, token, quick, args.runs)
-        bench_viewers(server, api, token, chatty, args.viewers, args.lines)
+        if "latency" in parts:
+            bench_latency(server, api, token, quick, args.runs)
+        if "viewers" in parts:
+            bench_viewers(server, api, token, chatty, args.viewers, args.lines)
         after = server.rss_mib()
     finally:
         server.stop()
-    rss_after_queue = bench_throughput(root, quick, args.queued, args.database_url)
+    rss_after_queue = (
+        bench_throughput(root, quick, args.queued, args.database_url)
+        if "throughput" in parts
+        else None
+    )
     print("(d) server resident memory")
     print(
         f"    idle {idle:6.1f} MiB (target < 80 MiB); after (a)+(c) {after:6.1f} MiB;"
-        f" after (b) {rss_after_queue:6.1f} MiB"
+        + (f" after (b) {rss_after_queue:6.1f} MiB" if rss_after_queue is not None else "")
     )
 
 

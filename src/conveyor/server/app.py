@@ -18,6 +18,7 @@ from conveyor.server import events, health
 from conveyor.server.agents import embedded as embedded_agents
 from conveyor.server.agents import routes as agents_routes
 from conveyor.server.artifacts import routes as artifacts_routes
+from conveyor.server.artifacts import tasks as artifacts_tasks
 from conveyor.server.config import Settings
 from conveyor.server.db import dialect
 from conveyor.server.db.engine import create_database_engine, create_session_factory
@@ -72,10 +73,12 @@ def _prepare_database(app: FastAPI) -> None:
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     await run_in_threadpool(_prepare_database, app)
     app.state.event_bus.bind(asyncio.get_running_loop())
+    sweeper = asyncio.create_task(artifacts_tasks.sweep_abandoned_uploads(app.state.settings))
     try:
         async with embedded_agents.running(app.state.session_factory, app.state.settings):
             yield
     finally:
+        sweeper.cancel()
         app.state.engine.dispose()
 
 
