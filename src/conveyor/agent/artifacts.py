@@ -48,8 +48,6 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
-import py7zr
-
 from conveyor.agent.hashing import file_digests
 from conveyor.pipeline.plan import ArchiveFormat, ArtifactPlan, HashAlgorithm
 
@@ -348,6 +346,10 @@ def _without_owner(member: tarfile.TarInfo) -> tarfile.TarInfo:
 def _write_archive(files: list[CollectedFile], archive: ArchiveFormat, target: Path) -> None:
     match archive:
         case ArchiveFormat.SEVEN_Z:
+            # Imported on use: py7zr and its codecs cost about 3 MiB in every agent, and
+            # most pipelines ask for no 7z archive.
+            import py7zr
+
             with py7zr.SevenZipFile(target, "w") as seven_zip:
                 for file in files:
                     seven_zip.write(file.source, arcname=file.relative)

@@ -34,7 +34,7 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -267,6 +267,12 @@ def _hint_for(stderr: str) -> str:
     return ""
 
 
+def _check_ref(ref: str) -> None:
+    _reject_option_like(ref, "ref")
+    if not ref or any(character.isspace() for character in ref):
+        raise CheckoutError(f"`{ref}` is not a ref: give a branch, tag, full ref or commit sha")
+
+
 def _reject_option_like(value: str, what: str) -> None:
     # A URL or ref starting with "-" would be read by git as an option (e.g. --upload-pack=...).
     if value.startswith("-"):
@@ -297,6 +303,83 @@ def _commit_info(repository: Path, sha: str, *, branch: str | None, tag: str | N
         author_email=email,
         committed_at=datetime.fromisoformat(committed),
     )
+
+
+@dataclass(frozen=True)
+class _Object:
+    sha: str
+    kind: str
+    content: bytes
+
+
+def _read_objects(repository: Path, names: Sequence[str], *, doing: str) -> list[_Object | None]:
+    """The objects `names` name (any revision syntax ``git cat-file`` reads), in one git
+    process; None for a name that names nothing."""
+    batch = _git_checked(
+        ["cat-file", "--batch"],
+        cwd=repository,
+        stdin="".join(f"{name}\n" for name in names).encode(),
+        doing=doing,
+    )
+    found: list[_Object | None] = []
+    rest = batch.stdout
+    for _ in names:
+        header, _, rest = rest.partition(b"\n")
+        fields = header.split(b" ")
+        if len(fields) != 3 or not fields[2].isdigit():
+            found.append(None)  # "<name> missing" (or ambiguous)
+            continue
+        size = int(fields[2])
+        found.append(_Object(fields[0].decode(), fields[1].decode(), rest[:size]))
+        rest = rest[size + 1 :]
+    return found
+
+
+def _parse_commit(obj: _Object, *, branch: str | None, tag: str | None) -> CommitInfo:
+    """A commit object read raw, as `_commit_info` reads it with ``git show``: the text
+    in the commit's ``encoding`` (UTF-8 unless it names another), the committer's date
+    in the committer's zone."""
+    headers, _, message = obj.content.partition(b"\n\n")
+    fields: dict[bytes, bytes] = {}
+    for line in headers.split(b"\n"):
+        key, _, value = line.partition(b" ")
+        if key and not line.startswith(b" "):  # " ..." continues a multi-line header
+            fields.setdefault(key, value)
+    encoding = fields.get(b"encoding", b"utf-8").decode("ascii", "replace")
+
+    def text(raw: bytes) -> str:
+        try:
+            return raw.decode(encoding, errors="replace")
+        except LookupError:
+            return raw.decode("utf-8", errors="replace")
+
+    name, email, _ = _split_identity(text(fields.get(b"author", b"")))
+    _, _, when = _split_identity(text(fields.get(b"committer", b"")))
+    return CommitInfo(
+        sha=obj.sha,
+        branch=branch,
+        tag=tag,
+        message=text(message).rstrip("\n"),
+        author=f"{name} <{email}>",
+        author_name=name,
+        author_email=email,
+        committed_at=when,
+    )
+
+
+def _split_identity(line: str) -> tuple[str, str, datetime]:
+    """``Name <email> 1700000000 +0200`` -> name, email and the time in its zone."""
+    name, _, rest = line.partition("<")
+    email, _, stamp = rest.partition(">")
+    seconds, _, zone = stamp.strip().partition(" ")
+    try:
+        sign = -1 if zone.startswith("-") else 1
+        digits = zone.lstrip("+-")
+        offset = timedelta(hours=int(digits[:-2] or 0), minutes=int(digits[-2:] or 0))
+        moment = datetime.fromtimestamp(int(seconds), timezone(sign * offset))
+    except ValueError:
+        moment = datetime.fromtimestamp(0, UTC)
+    return name.strip(), email.strip(), moment
 
 
 def _prepare_destination(dest: Path) -> bool:
@@ -564,13 +647,12 @@ class MirrorCache:
         return self._resolve(url, ref, fetch=fetch).sha
 
     def _resolve(self, url: str, ref: str, *, fetch: bool) -> _ResolvedRef:
-        _reject_option_like(ref, "ref")
-        if not ref or any(character.isspace() for character in ref):
-            raise CheckoutError(f"`{ref}` is not a ref: give a branch, tag, full ref or commit sha")
+        _check_ref(ref)
         if fetch:
             held = _is_bare_repository(self.mirror_path(url)) and _FULL_SHA.match(ref)
-            if not (held and self._has_commit(self.mirror_path(url), ref)):
-                self.update(url)
+            if held and self._has_commit(self.mirror_path(url), ref):
+                return _ResolvedRef(ref)
+            self.update(url)
         mirror = self._existing_mirror(url)
         with _locked(self._lock_path(mirror), exclusive=False):
             resolved = self._resolve_in(mirror, ref)
@@ -615,11 +697,26 @@ class MirrorCache:
         """The commit of exactly `full_ref`, or None. Revision syntax (``~``, ``^``) is not
         read: the name is looked up as it is, so ``main~1`` is no branch."""
         listed = _git_checked(
-            ["for-each-ref", "--format=%(refname)", full_ref],
+            [
+                "for-each-ref",
+                "--format=%(refname)%00%(objecttype)%00%(objectname)"
+                "%00%(*objecttype)%00%(*objectname)",
+                full_ref,
+            ],
             cwd=mirror,
             doing=f"looking up {full_ref} in {mirror}",
         )
-        if full_ref not in listed.text.splitlines():
+        # The pattern also matches refs below `full_ref` (refs/heads/a/b for refs/heads/a).
+        for line in listed.text.splitlines():
+            name, kind, sha, peeled_kind, peeled_sha = (line.split("\x00") + [""] * 5)[:5]
+            if name != full_ref:
+                continue
+            if kind == "commit":
+                return sha
+            if kind == "tag" and peeled_kind == "commit":
+                return peeled_sha  # an annotated tag of a commit
+            break  # a tag of a tag, or of something that is no commit: git peels it
+        else:
             return None
         peeled = _run_git(
             ["rev-parse", "--verify", "--quiet", f"{full_ref}^{{commit}}"],
@@ -676,10 +773,32 @@ class MirrorCache:
     def describe(self, url: str, ref: str, *, fetch: bool = True) -> CommitInfo:
         """The commit `ref` names (resolved as `resolve` does), with its message and author,
         and the branch or tag `ref` named; no workspace is made."""
+        return self._describe(url, ref, fetch=fetch)
+
+    def _describe(self, url: str, ref: str, *, fetch: bool) -> CommitInfo:
+        # A full sha the mirror holds, the usual case for an agent, takes one git
+        # process for the lookup and the commit's facts together.
+        _check_ref(ref)
+        mirror = self.mirror_path(url)
+        if _FULL_SHA.match(ref) and _is_bare_repository(mirror):
+            commit = self._read_commit(mirror, ref, branch=None, tag=None)
+            if commit is not None:
+                return commit
         resolved = self._resolve(url, ref, fetch=fetch)
         mirror = self._existing_mirror(url)
+        commit = self._read_commit(mirror, resolved.sha, branch=resolved.branch, tag=resolved.tag)
+        if commit is None:
+            raise CheckoutError(f"commit {resolved.sha} vanished from {mirror} while reading it")
+        return commit
+
+    def _read_commit(
+        self, mirror: Path, sha: str, *, branch: str | None, tag: str | None
+    ) -> CommitInfo | None:
         with _locked(self._lock_path(mirror), exclusive=False):
-            return _commit_info(mirror, resolved.sha, branch=resolved.branch, tag=resolved.tag)
+            (found,) = _read_objects(
+                mirror, [f"{sha}^{{commit}}"], doing=f"reading commit {sha} in {mirror}"
+            )
+        return None if found is None else _parse_commit(found, branch=branch, tag=tag)
 
     def read_file(self, url: str, sha: str, path: str) -> str | None:
         """The text of `path` at commit `sha`, or None when the commit has no such file.
@@ -692,26 +811,27 @@ class MirrorCache:
         if "\n" in path:
             raise CheckoutError(f"path {path!r} contains a newline: no file can be read by it")
         mirror = self.mirror_path(url)
-        if not (_is_bare_repository(mirror) and self._has_commit(mirror, sha)):
-            self.update(url)
-            if not self._has_commit(mirror, sha):
-                raise CheckoutError(
-                    f"commit {sha} is not in {redact_credentials(url)}: "
-                    "check the sha, or whether it was force-pushed away"
-                )
         in_tree = path.strip().lstrip("/").removeprefix("./")
-        with _locked(self._lock_path(mirror), exclusive=False):
-            batch = _git_checked(
-                ["cat-file", "--batch"],
-                cwd=mirror,
-                stdin=f"{sha}:{in_tree}\n".encode(),
-                doing=f"reading {path} at {sha} from {mirror}",
+        # The commit and the file in one git process; the mirror is fetched only when
+        # it does not hold the commit yet.
+        names = [f"{sha}^{{commit}}", f"{sha}:{in_tree}"]
+        found: list[_Object | None] = [None, None]
+        for attempt in range(2):
+            if attempt or not _is_bare_repository(mirror):
+                self.update(url)
+            with _locked(self._lock_path(mirror), exclusive=False):
+                found = _read_objects(mirror, names, doing=f"reading {path} at {sha} from {mirror}")
+            if found[0] is not None:
+                break
+        else:
+            raise CheckoutError(
+                f"commit {sha} is not in {redact_credentials(url)}: "
+                "check the sha, or whether it was force-pushed away"
             )
-        header, _, rest = batch.stdout.partition(b"\n")
-        fields = header.split()
-        if len(fields) != 3 or fields[1] != b"blob":
-            return None  # "<name> missing", or a directory (tree) or submodule
-        content = rest[: int(fields[2])]
+        blob = found[1]
+        if blob is None or blob.kind != "blob":
+            return None  # no such file, or a directory (tree) or submodule
+        content = blob.content
         try:
             return content.decode("utf-8")
         except UnicodeDecodeError as error:
@@ -726,7 +846,7 @@ class MirrorCache:
         The workspace's ``origin`` is `url` without credentials, so relative submodule
         URLs work. `branch` / `tag` in the result are set when `ref` names one.
         """
-        resolved = self._resolve(url, ref, fetch=True)
+        commit = self._describe(url, ref, fetch=True)
         mirror = self._existing_mirror(url)
         created = _prepare_destination(dest)
         try:
@@ -736,16 +856,16 @@ class MirrorCache:
                     doing=f"cloning the mirror {mirror} into the workspace {dest}",
                 )
             _git_checked(
-                ["checkout", "--quiet", "--detach", resolved.sha],
+                ["checkout", "--quiet", "--detach", commit.sha],
                 cwd=dest,
-                doing=f"checking out {resolved.sha} in {dest}",
+                doing=f"checking out {commit.sha} in {dest}",
             )
             _git_checked(
                 ["remote", "set-url", "origin", _without_credentials(url)],
                 cwd=dest,
                 doing=f"setting the origin of {dest}",
             )
-            return _commit_info(dest, resolved.sha, branch=resolved.branch, tag=resolved.tag)
+            return commit
         except BaseException:
             _discard_workspace(dest, created)
             raise

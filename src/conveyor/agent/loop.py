@@ -13,6 +13,7 @@ import functools
 import logging
 import platform as host_platform
 import shutil
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -43,6 +44,10 @@ LOG_BATCH_BYTES = 64 * 1024
 """A step's pending log is sent once this much has gathered..."""
 LOG_FLUSH_SECONDS = 0.05
 """...or this long after the first unsent byte, whichever comes first."""
+STEP_START_REPORT_DELAY = LOG_FLUSH_SECONDS
+"""A step's start is reported this long after it started, and not at all when the step
+has ended by then: its end report carries the start too, so a short step costs one
+report instead of two."""
 LOG_REQUEST_BYTES = 1024 * 1024
 UPLOAD_CHUNK_BYTES = 1024 * 1024
 CLAIM_WAIT_SECONDS = 30.0
@@ -89,7 +94,14 @@ class _StepLog:
 class ServerSink:
     """A `JobSink` that reports steps to the server and streams their logs in batches:
     sent at 64 KiB or every ~50 ms, whichever comes first, never one request per line;
-    on a gap the server names, resent from the server's size."""
+    on a gap the server names, resent from the server's size.
+
+    Step reports go out in order behind the job's back: a step starts without waiting
+    for the server to hear that it did (the start is reported after
+    `STEP_START_REPORT_DELAY`, or only with the end of a shorter step), and the end of a
+    step (its last log bytes, then its report) is sent while the next one starts or the
+    backend cleans up. `close()` waits for all of it and raises the first failure,
+    before the job's own report."""
 
     def __init__(self, client: AgentClient, spec: JobSpec, spool_dir: Path) -> None:
         self.client = client
@@ -99,6 +111,11 @@ class ServerSink:
         self._send_lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._flusher: asyncio.Task[None] | None = None
+        self._reports: asyncio.Task[None] | None = None
+        self._unreported_starts: dict[int, asyncio.TimerHandle] = {}
+        self.on_failure: Callable[[], None] | None = None
+        """Called once when a report fails, so that the job stops instead of running on
+        for a server that no longer takes its reports."""
 
     def _log(self, index: int) -> _StepLog:
         if index not in self._logs:
@@ -108,7 +125,14 @@ class ServerSink:
     async def step_started(self, result: StepResult, step: StepPlan) -> None:
         if self._flusher is None:
             self._flusher = asyncio.create_task(self._flush_periodically())
-        await self._report(result)
+        report = functools.partial(self._report, result.index, self._step_report(result))
+        self._unreported_starts[result.index] = asyncio.get_running_loop().call_later(
+            STEP_START_REPORT_DELAY, self._report_start, result.index, report
+        )
+
+    def _report_start(self, index: int, report: Callable[[], Awaitable[None]]) -> None:
+        if self._unreported_starts.pop(index, None) is not None:
+            self._in_order(report)
 
     async def step_output(self, result: StepResult, data: bytes) -> None:
         log = self._log(result.index)
@@ -119,29 +143,65 @@ class ServerSink:
             self._wake.set()
 
     async def step_finished(self, result: StepResult) -> None:
-        if result.index in self._logs:
-            await self._send(self._logs[result.index], result.index)
-        await self._report(result)
+        unreported_start = self._unreported_starts.pop(result.index, None)
+        if unreported_start is not None:
+            unreported_start.cancel()  # the end report says when it started
+        report = self._step_report(result)
+        log = self._logs.get(result.index)
+
+        async def send_log_and_report() -> None:
+            if log is not None:
+                await self._send(log, result.index)
+            await self._report(result.index, report)
+
+        self._in_order(send_log_and_report)
 
     async def close(self) -> None:
-        if self._flusher is not None:
-            self._flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._flusher
-        for index, log in self._logs.items():
-            with contextlib.suppress(ServerRefusedError, httpx.HTTPError):
-                await self._send(log, index)
-            log.handle.close()
+        for unreported_start in self._unreported_starts.values():
+            unreported_start.cancel()
+        self._unreported_starts.clear()
+        try:
+            if self._reports is not None:
+                await self._reports
+        finally:
+            if self._flusher is not None:
+                self._flusher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._flusher
+            for index, log in self._logs.items():
+                with contextlib.suppress(ServerRefusedError, httpx.HTTPError):
+                    await self._send(log, index)
+                log.handle.close()
 
-    async def _report(self, result: StepResult) -> None:
-        report = StepReport(
+    def _in_order(self, send: Callable[[], Awaitable[None]]) -> None:
+        """Send after everything queued before; a failure skips what follows it."""
+        previous = self._reports
+
+        async def after_previous() -> None:
+            if previous is not None:
+                await previous
+            try:
+                await send()
+            except Exception:
+                if self.on_failure is not None:
+                    self.on_failure()
+                raise
+
+        self._reports = asyncio.create_task(after_previous())
+
+    @staticmethod
+    def _step_report(result: StepResult) -> StepReport:
+        # Taken when the engine tells it: the engine goes on changing `result`.
+        return StepReport(
             status=result.status,
             exit_code=result.exit_code,
             started_at=_timestamp(result.started_at),
             finished_at=_timestamp(result.finished_at),
             message=result.message,
         )
-        await self.client.report_step(self.spec.job_id, self.spec.lease_id, result.index, report)
+
+    async def _report(self, index: int, report: StepReport) -> None:
+        await self.client.report_step(self.spec.job_id, self.spec.lease_id, index, report)
 
     async def _flush_periodically(self) -> None:
         while True:
@@ -356,6 +416,7 @@ class Agent:
             network=self.backend.default_network(),
         )
         self._runners[spec.job_id] = runner
+        sink.on_failure = functools.partial(runner.cancel, "the server refused a report")
         if spec.job_id in self._cancelled:
             runner.cancel("server")
         try:

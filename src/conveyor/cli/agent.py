@@ -7,13 +7,15 @@ import logging
 import signal
 import socket
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from conveyor.agent.backends.base import BackendError
 from conveyor.agent.backends.registry import create_backend, default_backend_name
-from conveyor.agent.loop import Agent, AgentSettings
+
+if TYPE_CHECKING:
+    from conveyor.agent.loop import Agent
 
 DEFAULT_HOME = Path.home() / ".cache" / "conveyor" / "agent"
 
@@ -37,6 +39,10 @@ def agent_command(
     ] = DEFAULT_HOME,
 ) -> None:
     """Register with the server and run the jobs it gives, until interrupted."""
+    # Imported here: every `conveyor` command imports this module, and only this one
+    # talks to a server (httpx).
+    from conveyor.agent.loop import Agent, AgentSettings
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     try:
         chosen = create_backend(backend or default_backend_name())

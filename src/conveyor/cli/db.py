@@ -4,10 +4,6 @@ from __future__ import annotations
 
 import typer
 
-from conveyor.server.config import Settings
-from conveyor.server.db import dialect
-from conveyor.server.db.migrate import upgrade_database
-
 app = typer.Typer(help="Manage the server's database.", no_args_is_help=True)
 
 
@@ -22,6 +18,12 @@ def main() -> None:
 def upgrade() -> None:
     """Apply every pending migration to the database of the settings
     (CONVEYOR_DATABASE_URL, default a SQLite file in CONVEYOR_DATA_DIR)."""
+    # Imported here: every `conveyor` command imports this module; `conveyor exec` and
+    # `conveyor agent` must not load the server.
+    from conveyor.server.config import Settings
+    from conveyor.server.db import dialect
+    from conveyor.server.db.migrate import upgrade_database
+
     settings = Settings()
     upgrade_database(settings.database_url)
     shown = dialect.normalize_url(settings.database_url).render_as_string(hide_password=True)

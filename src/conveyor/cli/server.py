@@ -6,10 +6,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-import uvicorn
-
-from conveyor.server.app import create_app
-from conveyor.server.config import Settings
 
 
 def server_command(
@@ -30,6 +26,13 @@ def server_command(
     ] = None,
 ) -> None:
     """Start the server; the first start prints a one-time admin password."""
+    # Imported here, not at the top: every `conveyor` command imports this module, and
+    # none but this one needs the server (about 60 MiB and a second of start).
+    import uvicorn
+
+    from conveyor.server.app import create_app
+    from conveyor.server.config import Settings
+
     overrides: dict[str, Any] = {"host": host, "port": port}
     if data_dir is not None:
         overrides["data_dir"] = data_dir

@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from enum import StrEnum
 from typing import Annotated
 
 import typer
 
 from conveyor.cli.users import database_session
-from conveyor.server.models.api_token import TokenScope
-from conveyor.server.users import service as users_service
+
+
+
+class ScopeChoice(StrEnum):
+    """The values of `TokenScope`, spelled out here: the option's choices are built when
+    any `conveyor` command starts, and `conveyor exec` must not import the server's
+    models for them (a test checks that the two agree)."""
+
+    READ = "read"
+    WRITE = "write"
+
 
 app = typer.Typer(help="Manage API tokens.", no_args_is_help=True)
 
@@ -26,7 +36,7 @@ def create_token(
     user: Annotated[str, typer.Option("--user", "-u", help="Whose token it is.")],
     name: Annotated[str, typer.Option("--name", "-n", help="What the token is for.")] = "cli",
     scope: Annotated[
-        list[TokenScope] | None,
+        list[ScopeChoice] | None,
         typer.Option("--scope", "-s", help="read and/or write (default: both)."),
     ] = None,
     expires_days: Annotated[
@@ -34,13 +44,16 @@ def create_token(
     ] = None,
 ) -> None:
     """Create an API token and print it (it is shown only this once)."""
+    from conveyor.server.models.api_token import TokenScope
+    from conveyor.server.users import service as users_service
+
     with database_session() as session:
         owner = users_service.get_user_by_name(session, user)
         created = users_service.create_api_token(
             session,
             owner,
             name,
-            scopes=scope or list(TokenScope),
+            scopes=[TokenScope(choice) for choice in scope] if scope else list(TokenScope),
             expires_in=timedelta(days=expires_days) if expires_days else None,
         )
         plaintext = created.plaintext

@@ -5,17 +5,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from sqlalchemy.orm import Session
 
-from conveyor.server.config import Settings
-from conveyor.server.db.engine import create_database_engine, create_session_factory
-from conveyor.server.db.migrate import upgrade_engine
-from conveyor.server.errors import ConveyorError
-from conveyor.server.users import passwords
-from conveyor.server.users import service as users_service
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+# The server's modules are imported in the commands that use them: every `conveyor`
+# command imports this module, and `conveyor exec` and `conveyor agent` must not load
+# the server (its database layer and models).
 
 app = typer.Typer(help="Manage local user accounts.", no_args_is_help=True)
 
@@ -24,6 +23,11 @@ app = typer.Typer(help="Manage local user accounts.", no_args_is_help=True)
 def database_session() -> Iterator[Session]:
     """One unit of work on the configured database, brought up to date first (as the
     server does at start). A ConveyorError ends the command with its message."""
+    from conveyor.server.config import Settings
+    from conveyor.server.db.engine import create_database_engine, create_session_factory
+    from conveyor.server.db.migrate import upgrade_engine
+    from conveyor.server.errors import ConveyorError
+
     engine = create_database_engine(Settings().database_url)
     try:
         upgrade_engine(engine)
@@ -38,6 +42,8 @@ def database_session() -> Iterator[Session]:
 
 def _password_or_generated(password: str | None) -> tuple[str, bool]:
     """The password to use and whether it was generated (and must be shown)."""
+    from conveyor.server.users import passwords
+
     if password is not None:
         return password, False
     return passwords.generate_password(), True
@@ -53,6 +59,8 @@ def add_user(
     ] = None,
 ) -> None:
     """Create a local user."""
+    from conveyor.server.users import service as users_service
+
     chosen, generated = _password_or_generated(password)
     with database_session() as session:
         users_service.create_user(session, name, chosen, is_admin=admin)
@@ -76,6 +84,8 @@ def change_password(
     ] = None,
 ) -> None:
     """Set a user's password (ends their browser sessions)."""
+    from conveyor.server.users import service as users_service
+
     assert password is not None  # prompted for by typer
     with database_session() as session:
         user = users_service.get_user_by_name(session, name)
@@ -86,6 +96,8 @@ def change_password(
 @app.command("list")
 def list_users() -> None:
     """List the users: name, admin flag, active flag."""
+    from conveyor.server.users import service as users_service
+
     with database_session() as session:
         rows = [
             (user.name, user.is_admin, user.is_active) for user in users_service.list_users(session)
@@ -105,6 +117,8 @@ def set_admin(
     ] = True,
 ) -> None:
     """Grant or revoke a user's administrator flag."""
+    from conveyor.server.users import service as users_service
+
     with database_session() as session:
         user = users_service.get_user_by_name(session, name)
         users_service.set_admin(user, admin)

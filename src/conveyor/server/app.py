@@ -14,23 +14,29 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from conveyor.server import events, health
+from conveyor.server import events, health, web
 from conveyor.server.agents import embedded as embedded_agents
 from conveyor.server.agents import routes as agents_routes
 from conveyor.server.artifacts import routes as artifacts_routes
 from conveyor.server.artifacts import tasks as artifacts_tasks
+from conveyor.server.badges import routes as badges_routes
 from conveyor.server.config import Settings
 from conveyor.server.db import dialect
 from conveyor.server.db.engine import create_database_engine, create_session_factory
 from conveyor.server.db.migrate import upgrade_engine
 from conveyor.server.errors import ConveyorError
 from conveyor.server.logs import routes as logs_routes
+from conveyor.server.notifications import routes as notifications_routes
+from conveyor.server.notifications import tasks as notifications_tasks
 from conveyor.server.projects import routes as projects_routes
 from conveyor.server.runs import routes as runs_routes
 from conveyor.server.secrets import routes as secrets_routes
+from conveyor.server.triggers import routes as triggers_routes
+from conveyor.server.triggers import tasks as triggers_tasks
 from conveyor.server.users import routes as users_routes
 from conveyor.server.users import service as users_service
 from conveyor.server.users.sessions import SessionSigner
+from conveyor.server.webhooks import routes as webhooks_routes
 
 logger = logging.getLogger("conveyor.server")
 
@@ -74,11 +80,24 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     await run_in_threadpool(_prepare_database, app)
     app.state.event_bus.bind(asyncio.get_running_loop())
     sweeper = asyncio.create_task(artifacts_tasks.sweep_abandoned_uploads(app.state.settings))
+    factory, settings, wake = app.state.session_factory, app.state.settings, asyncio.Event()
+    duties = [
+        asyncio.create_task(triggers_tasks.poll_repositories(factory, settings)),
+        asyncio.create_task(triggers_tasks.run_schedules(factory, settings)),
+        asyncio.create_task(
+            notifications_tasks.queue_run_notifications(
+                app.state.event_bus, factory, settings, wake
+            )
+        ),
+        asyncio.create_task(notifications_tasks.send_deliveries(factory, settings, wake)),
+    ]
     try:
         async with embedded_agents.running(app.state.session_factory, app.state.settings):
             yield
     finally:
         sweeper.cancel()
+        for duty in duties:
+            duty.cancel()
         app.state.engine.dispose()
 
 
@@ -167,4 +186,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(projects_routes.router)
     app.include_router(secrets_routes.router)
     app.include_router(runs_routes.router)
+    app.include_router(triggers_routes.router)
+    app.include_router(notifications_routes.router)
+    app.include_router(badges_routes.router)
+    app.include_router(webhooks_routes.hooks_router)
+    app.include_router(webhooks_routes.api_router)
+    web.install(app)
     return app

@@ -62,6 +62,30 @@ class Settings(BaseSettings):
         ),
     )
     """Artifact root; default `data_dir/artifacts`."""
+    webhook_max_body_bytes: int = Field(default=5 * 1024 * 1024, ge=1024)
+    """Largest webhook body accepted; bigger deliveries are answered 413."""
+    outbound_allow: list[str] = Field(default_factory=list)
+    """CIDRs or host names that notifications and commit statuses may call although they
+    are loopback, private or link-local (e.g. `["10.0.0.0/8", "git.internal"]`)."""
+    outbound_deny: list[str] = Field(default_factory=list)
+    """CIDRs or host names that outbound calls may never reach (checked before the allow
+    list)."""
+    smtp_host: str = ""
+    """SMTP server for e-mail notifications; empty: e-mail hooks fail with a clear error."""
+    smtp_port: int = Field(default=25, ge=1, le=65535)
+    smtp_from: str = "conveyor@localhost"
+    smtp_user: str = ""
+    smtp_password: SecretStr | None = None
+    smtp_starttls: bool = False
+    time_zone: str = ""
+    """IANA name of the server's time zone for cron schedules; empty: UTC."""
+    triggers_tick_seconds: float = Field(default=5.0, gt=0)
+    """How often the polling and schedule duties look for due work."""
+    notification_attempts: int = Field(default=4, ge=1, le=20)
+    """Attempts per notification or commit status before it is recorded as failed."""
+    notification_retry_seconds: float = Field(default=10.0, gt=0)
+    """Wait before the first retry; each further retry waits twice as long."""
+    outbound_timeout_seconds: float = Field(default=10.0, gt=0)
 
     @model_validator(mode="after")
     def _fill_paths_from_data_dir(self) -> Self:

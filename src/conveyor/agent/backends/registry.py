@@ -9,16 +9,23 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import docker
-import docker.errors
-
 from conveyor.agent.backends.base import Backend, BackendError
-from conveyor.agent.backends.docker import DockerBackend
 from conveyor.agent.backends.fake import FakeBackend
 from conveyor.agent.backends.local import LocalBackend
 
+DOCKER = "docker"
+
+
+def _docker_backend(**options: Any) -> Backend:
+    # Imported on use: the docker SDK (with requests and urllib3) adds about 10 MiB to
+    # every agent and server, also those that run on another backend.
+    from conveyor.agent.backends.docker import DockerBackend
+
+    return DockerBackend(**options)
+
+
 BACKENDS: dict[str, Callable[..., Backend]] = {
-    DockerBackend.name: DockerBackend,
+    DOCKER: _docker_backend,
     LocalBackend.name: LocalBackend,
     FakeBackend.name: FakeBackend,
 }
@@ -47,6 +54,9 @@ def create_backend(name: str, **options: Any) -> Backend:
 
 def default_backend_name() -> str:
     """ "docker" when a Docker engine answers within about 2 seconds, else "local"."""
+    import docker  # imported on use, as in `_docker_backend`
+    import docker.errors
+
     try:
         client = docker.from_env(timeout=ENGINE_PROBE_SECONDS)
     except docker.errors.DockerException:
@@ -57,4 +67,4 @@ def default_backend_name() -> str:
         return LocalBackend.name
     finally:
         client.close()
-    return DockerBackend.name
+    return DOCKER

@@ -284,7 +284,8 @@ def job_spec(session: Session, settings: Settings, job: Job) -> JobSpec:
         ),
         event=run.event,
         variables={str(k): str(v) for k, v in (run.variables or {}).items()},
-        secrets=project_secrets(session, settings, project),
+        # Fork pull requests run code nobody of the project reviewed: no secrets.
+        secrets={} if run.secrets_withheld else project_secrets(session, settings, project),
         plan=JobPlan.model_validate(job.plan),
     )
 

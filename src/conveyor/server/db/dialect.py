@@ -5,6 +5,7 @@ No other module compares dialect names: they ask this one.
 
 from __future__ import annotations
 
+import threading
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from conveyor.server.errors import InvalidInputError
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 _SQLITE_BEGIN_OPTION = "conveyor_sqlite_begin"
+_SQLITE_WRITER_TURN = "conveyor_sqlite_writer_turn"
 
 
 class DatabaseKind(StrEnum):
@@ -72,9 +74,25 @@ def prepare_location(url: URL) -> None:
 def install_connection_hooks(engine: Engine) -> None:
     """Per-connection settings: on SQLite WAL, foreign keys, a busy timeout, and real
     transactions (the sqlite3 module otherwise delays BEGIN until the first write,
-    which makes read-then-write sequences race)."""
+    which makes read-then-write sequences race).
+
+    Writers of this process take turns on a lock before `BEGIN IMMEDIATE`. SQLite makes
+    a writer that finds the database locked sleep and retry, with sleeps that grow to
+    100 ms, however soon the lock is free again; a lock hands the turn over at once.
+    The busy timeout still covers other processes (and a turn not had within it)."""
     if engine.dialect.name != DatabaseKind.SQLITE:
         return
+    writers = threading.Lock()
+
+    def take_turn(connection: Any) -> None:
+        if not connection.info.get(_SQLITE_WRITER_TURN) and writers.acquire(
+            timeout=SQLITE_BUSY_TIMEOUT_MS / 1000
+        ):
+            connection.info[_SQLITE_WRITER_TURN] = True
+
+    def end_turn(connection: Any) -> None:
+        if connection.info.pop(_SQLITE_WRITER_TURN, False):
+            writers.release()
 
     @event.listens_for(engine, "connect")
     def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
@@ -93,7 +111,28 @@ def install_connection_hooks(engine: Engine) -> None:
     @event.listens_for(engine, "begin")
     def _begin_sqlite(connection: Any) -> None:
         mode = connection.get_execution_options().get(_SQLITE_BEGIN_OPTION, "")
-        connection.exec_driver_sql(f"BEGIN {mode}".strip())
+        if mode == "IMMEDIATE":
+            take_turn(connection)
+        try:
+            connection.exec_driver_sql(f"BEGIN {mode}".strip())
+        except BaseException:
+            end_turn(connection)
+            raise
+
+    # Both come just before the transaction ends; the next writer may then find the
+    # lock still held for as long as a COMMIT takes, and waits that out in SQLite.
+    event.listen(engine, "commit", end_turn)
+    event.listen(engine, "rollback", end_turn)
+
+    # A connection that leaves without either (invalidated, or returned to the pool
+    # mid-transaction) gives its turn up too; its record holds the same `info`.
+    @event.listens_for(engine, "checkin")
+    def _checked_in(_dbapi_connection: Any, record: Any) -> None:
+        end_turn(record)
+
+    @event.listens_for(engine, "invalidate")
+    def _invalidated(_dbapi_connection: Any, record: Any, _exception: Any) -> None:
+        end_turn(record)
 
 
 def write_transaction_options(engine: Engine) -> dict[str, Any]:

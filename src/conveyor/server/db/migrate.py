@@ -1,24 +1,34 @@
-"""Alembic, driven from code: no alembic.ini is needed at run time."""
+"""Alembic, driven from code: no alembic.ini is needed at run time.
+
+Alembic (with Mako) is imported only when a migration has to run: a server checks at
+every start, and every `/readyz`, that its database is at the newest revision, and it
+usually is, so the check reads the revision table and the scripts' revision lines itself.
+Imported for nothing, Alembic would stay in the server's memory (about 10 MiB)."""
 
 from __future__ import annotations
 
+import ast
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Connection, Engine, inspect, text
 from sqlalchemy.engine import URL
 
 from conveyor.server.db.engine import create_database_engine
 
+if TYPE_CHECKING:
+    from alembic.config import Config
+
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+VERSION_TABLE = "alembic_version"
+"""Where Alembic keeps the database's revision (its default name; env.py keeps it)."""
 
 
 def alembic_config(connection: Connection | None = None) -> Config:
     """An Alembic configuration pointing at our migrations; with `connection`, env.py
     runs on it instead of opening its own."""
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     if connection is not None:
@@ -36,22 +46,68 @@ def upgrade_database(url: str | URL, revision: str = "head") -> None:
 
 
 def upgrade_engine(engine: Engine, revision: str = "head") -> None:
+    if revision == "head" and current_revision_is_head(engine):
+        return
+    from alembic import command
+
     with engine.begin() as connection:
         command.upgrade(alembic_config(connection), revision)
 
 
 def downgrade_engine(engine: Engine, revision: str) -> None:
+    from alembic import command
+
     with engine.begin() as connection:
         command.downgrade(alembic_config(connection), revision)
 
 
 def head_revisions() -> set[str]:
-    return set(ScriptDirectory.from_config(alembic_config()).get_heads())
+    """The revisions no other migration revises, as Alembic finds them: from the
+    `revision` and `down_revision` assignments of each script in versions/."""
+    revisions: set[str] = set()
+    revised: set[str] = set()
+    for script in (MIGRATIONS_DIR / "versions").glob("*.py"):
+        if script.name == "__init__.py":
+            continue  # Alembic skips it too
+        constants = _module_constants(script)
+        revision = constants.get("revision")
+        if not isinstance(revision, str):
+            raise RuntimeError(f"migration {script} has no `revision = '...'` line")
+        revisions.add(revision)
+        down = constants.get("down_revision")
+        if isinstance(down, str):
+            revised.add(down)
+        elif isinstance(down, tuple | list):
+            revised.update(str(parent) for parent in down)
+    return revisions - revised
+
+
+def _module_constants(script: Path) -> dict[str, object]:
+    """The literal values assigned to plain names at the top level of `script`."""
+    constants: dict[str, object] = {}
+    for node in ast.parse(script.read_text(encoding="utf-8"), str(script)).body:
+        if isinstance(node, ast.Assign):
+            targets, value = node.targets, node.value
+        elif isinstance(node, ast.AnnAssign) and node.value is not None:
+            targets, value = [node.target], node.value
+        else:
+            continue
+        for target in targets:
+            if isinstance(target, ast.Name):
+                try:
+                    constants[target.id] = ast.literal_eval(value)
+                except ValueError:
+                    continue  # not a literal, such as a column type: not a revision
+    return constants
 
 
 def current_revisions(engine: Engine) -> set[str]:
+    """The revisions the database is at (none before the first migration)."""
     with engine.connect() as connection:
-        return set(MigrationContext.configure(connection).get_current_heads())
+        if not inspect(connection).has_table(VERSION_TABLE):
+            return set()
+        rows = connection.execute(text(f"SELECT version_num FROM {VERSION_TABLE}"))  # noqa: S608
+        return {row[0] for row in rows}
 
 
 def current_revision_is_head(engine: Engine) -> bool:

@@ -116,9 +116,9 @@ def _websocket_actor(websocket: WebSocket, session: Session) -> Actor:
 
 
 @contextlib.contextmanager
-def _short_transaction(websocket: WebSocket) -> Iterator[Session]:
-    # A writer from its first statement: signing in with a token records its use, and
-    # on SQLite a read that later writes would fail against concurrent log appends.
+def _writer_transaction(websocket: WebSocket) -> Iterator[Session]:
+    # A writer from its first statement: on SQLite a read that later writes would fail
+    # against concurrent log appends.
     state = websocket.app.state
     factory: sessionmaker[Session] = state.session_factory
     with factory() as session:
@@ -127,58 +127,79 @@ def _short_transaction(websocket: WebSocket) -> Iterator[Session]:
         session.commit()
 
 
+def _checked(websocket: WebSocket, plan: Callable[[Session], Follow]) -> Follow:
+    """Run `plan` (who asks, and may they) in one short transaction.
+
+    A read transaction first: many viewers opening at once must not queue one by one
+    for SQLite's single writer, holding up the agents' log appends meanwhile. Only
+    when checking the actor changed a row (a token's last use, recorded at most once a
+    minute; the first admin, in development mode) is it done again as a writer."""
+    state = websocket.app.state
+    settings: Settings = state.settings
+    if not settings.auth_disabled:
+        factory: sessionmaker[Session] = state.read_session_factory
+        with factory() as session, session.no_autoflush:
+            follow = plan(session)
+            if not (session.new or session.dirty or session.deleted):
+                return follow
+            session.rollback()
+    with _writer_transaction(websocket) as session:
+        return plan(session)
+
+
 Follow = Callable[[LogStreams, Callable[[str], Awaitable[None]]], Coroutine[Any, Any, None]]
 
 
 def _plan_run_stream(
     websocket: WebSocket,
+    session: Session,
     run_id: int,
     step: int | None,
     job: int | None,
     index: int | None,
     offset: int,
 ) -> Follow:
-    """Check who asks and what, in one short transaction; return the stream to run."""
-    with _short_transaction(websocket) as session:
-        actor = _websocket_actor(websocket, session)
-        run, _project = service.run_for_reading(session, actor, run_id)
-        if step is not None:
-            context = service.step_for_reading(session, actor, step)
-            if context.run.id != run.id:
-                raise service.StepNotFoundError(
-                    f"step {step} is not a step of run {run_id}",
-                    detail={"run": run_id, "step": step},
-                )
-            step_id = step
-            return lambda streams, send: streams.follow_step(step_id, offset, send)
-        if job is None:
-            raise InvalidInputError(
-                f"say which log of run {run_id} to follow: ?step=<step id>, or ?job=<job id> "
-                "(every step of it) with &index=<step index> for one step",
-                detail={"run": run_id},
-            )
-        found_job, job_run, _ = service.job_for_reading(session, actor, job)
-        if job_run.id != run.id:
-            raise service.JobNotFoundError(
-                f"job {job} is not a job of run {run_id}", detail={"run": run_id, "job": job}
-            )
-        if index is None:
-            job_id = found_job.id
-            return lambda streams, send: streams.follow_job(job_id, 0, offset, send)
-        one = service.step_of_job(session, found_job, index)
-        if one is None:
+    """Check who asks and what; return the stream to run."""
+    actor = _websocket_actor(websocket, session)
+    run, _project = service.run_for_reading(session, actor, run_id)
+    if step is not None:
+        context = service.step_for_reading(session, actor, step)
+        if context.run.id != run.id:
             raise service.StepNotFoundError(
-                f"job {job} of run {run_id} has no step {index}",
-                detail={"run": run_id, "job": job, "index": index},
+                f"step {step} is not a step of run {run_id}",
+                detail={"run": run_id, "step": step},
             )
-        one_id = one.id
-        return lambda streams, send: streams.follow_step(one_id, offset, send)
+        step_id = step
+        return lambda streams, send: streams.follow_step(step_id, offset, send)
+    if job is None:
+        raise InvalidInputError(
+            f"say which log of run {run_id} to follow: ?step=<step id>, or ?job=<job id> "
+            "(every step of it) with &index=<step index> for one step",
+            detail={"run": run_id},
+        )
+    found_job, job_run, _ = service.job_for_reading(session, actor, job)
+    if job_run.id != run.id:
+        raise service.JobNotFoundError(
+            f"job {job} is not a job of run {run_id}", detail={"run": run_id, "job": job}
+        )
+    if index is None:
+        job_id = found_job.id
+        return lambda streams, send: streams.follow_job(job_id, 0, offset, send)
+    one = service.step_of_job(session, found_job, index)
+    if one is None:
+        raise service.StepNotFoundError(
+            f"job {job} of run {run_id} has no step {index}",
+            detail={"run": run_id, "job": job, "index": index},
+        )
+    one_id = one.id
+    return lambda streams, send: streams.follow_step(one_id, offset, send)
 
 
-def _plan_job_stream(websocket: WebSocket, job_id: int, index: int, offset: int) -> Follow:
-    with _short_transaction(websocket) as session:
-        actor = _websocket_actor(websocket, session)
-        service.job_for_reading(session, actor, job_id)
+def _plan_job_stream(
+    websocket: WebSocket, session: Session, job_id: int, index: int, offset: int
+) -> Follow:
+    actor = _websocket_actor(websocket, session)
+    service.job_for_reading(session, actor, job_id)
     return lambda streams, send: streams.follow_job(job_id, index, offset, send)
 
 
@@ -230,7 +251,13 @@ async def follow_run_logs(
 ) -> None:
     """Follow one step (`step`, or `job` + `index`) or a whole job (`job`) from line
     `offset`: the backlog, then live lines, then the end."""
-    await _serve(websocket, lambda: _plan_run_stream(websocket, run_id, step, job, index, offset))
+    await _serve(
+        websocket,
+        lambda: _checked(
+            websocket,
+            lambda session: _plan_run_stream(websocket, session, run_id, step, job, index, offset),
+        ),
+    )
 
 
 @router.websocket("/jobs/{job_id}/ws")
@@ -241,4 +268,9 @@ async def follow_job_logs(
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> None:
     """Every step of a job in order (the cicd service's path)."""
-    await _serve(websocket, lambda: _plan_job_stream(websocket, job_id, index, offset))
+    await _serve(
+        websocket,
+        lambda: _checked(
+            websocket, lambda session: _plan_job_stream(websocket, session, job_id, index, offset)
+        ),
+    )

@@ -3,7 +3,7 @@ from __future__ import annotations
 from datetime import datetime
 from enum import StrEnum
 
-from sqlalchemy import ForeignKey, String, Text
+from sqlalchemy import ForeignKey, LargeBinary, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from conveyor.server.db.base import Base, UTCDateTime, enum_type, utcnow
@@ -39,3 +39,7 @@ class Project(Base):
         ForeignKey("users.id", ondelete="SET NULL"), index=True
     )
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    webhook_secret_ciphertext: Mapped[bytes | None] = mapped_column(LargeBinary)
+    """The webhook secret, Fernet-encrypted; made on first read of the webhook settings."""
+    cancel_superseded: Mapped[bool] = mapped_column(default=False)
+    """A new push run of a branch cancels the older queued or running push runs of it."""

@@ -44,3 +44,5 @@ class Run(Base):
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     error_message: Mapped[str | None] = mapped_column(Text)
+    secrets_withheld: Mapped[bool] = mapped_column(default=False)
+    """A pull request from a fork: its jobs get none of the project's secrets."""

@@ -79,8 +79,13 @@ def secret_values(session: Session, settings: Settings, project: Project) -> dic
 
     Raises `SecretUnreadableError` when the server's secret key changed since a value
     was stored."""
+    stored = SecretRepository(session).list_of_project(project.id)
+    if not stored:
+        # No cipher is made (and `cryptography` never loaded) for the projects that keep
+        # no secret, most of them: this runs at every claim.
+        return {}
     cipher = _cipher(settings)
     return {
         secret.name: cipher.decrypt(secret.value_ciphertext, name=secret.name, project=project.name)
-        for secret in SecretRepository(session).list_of_project(project.id)
+        for secret in stored
     }

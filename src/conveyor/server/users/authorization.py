@@ -56,9 +56,18 @@ class Actor:
     anonymous_read_allowed: bool = False
     """For anonymous actors: whether this server lets them read public projects."""
 
+    is_service: bool = False
+    """A duty of the server itself (poller, scheduler), not a person: not anonymous."""
+
     @property
     def is_anonymous(self) -> bool:
-        return self.user_id is None
+        return self.user_id is None and not self.is_service
+
+    @classmethod
+    def service(cls, name: str) -> Actor:
+        """The server acting on its own (polling, schedules): may do anything a project
+        allows; runs record `name` as who triggered them."""
+        return cls(user_id=None, name=name, is_admin=True, is_service=True)
 
     @classmethod
     def anonymous(cls, *, read_allowed: bool) -> Actor:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import secrets
 
 from argon2 import PasswordHasher
@@ -9,9 +10,14 @@ from argon2.exceptions import InvalidHashError, VerificationError
 
 _hasher = PasswordHasher()
 
-# Verified against when the user does not exist, so that a wrong name takes as long
-# as a wrong password and sign-in does not reveal which names exist.
-_DECOY_HASH = _hasher.hash(secrets.token_urlsafe(16))
+
+@functools.cache
+def _decoy_hash() -> str:
+    """Verified against when the user does not exist, so that a wrong name takes as long
+    as a wrong password and sign-in does not reveal which names exist."""
+    # Made at first use, not at import: a hash takes about 0.1 s of CPU and 64 MiB for a
+    # moment, which every start of the server and of each CLI command paid.
+    return _hasher.hash(secrets.token_urlsafe(16))
 
 
 def hash_password(password: str) -> str:
@@ -21,7 +27,7 @@ def hash_password(password: str) -> str:
 def verify_password(password_hash: str | None, password: str) -> bool:
     """True when `password` matches; a missing or unreadable hash never matches."""
     try:
-        return _hasher.verify(password_hash or _DECOY_HASH, password) and bool(password_hash)
+        return _hasher.verify(password_hash or _decoy_hash(), password) and bool(password_hash)
     except (VerificationError, InvalidHashError):
         return False
 

@@ -1,0 +1,74 @@
+"""Background duties of notifications: one turns run events into deliveries, one
+sends the deliveries that are due."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from sqlalchemy.orm import Session, sessionmaker
+from starlette.concurrency import run_in_threadpool
+
+from conveyor.protocol.status import Status
+from conveyor.server.config import Settings
+from conveyor.server.db.base import utcnow
+from conveyor.server.events import OVERFLOW, EventBus
+from conveyor.server.notifications import service
+from conveyor.server.triggers.tasks import Clock
+
+logger = logging.getLogger("conveyor.server.notifications")
+
+
+def queue_once(
+    factory: sessionmaker[Session], settings: Settings, run_id: int, status: Status, clock: Clock
+) -> list[int]:
+    with factory() as session:
+        created = service.queue_for_run_status(session, settings, run_id, status, clock())
+        session.commit()
+        return created
+
+
+async def queue_run_notifications(
+    bus: EventBus,
+    factory: sessionmaker[Session],
+    settings: Settings,
+    wake: asyncio.Event | None = None,
+    clock: Clock = utcnow,
+) -> None:
+    """Forever: for each run status event, queue the deliveries it calls for, then wake
+    the sender. (Events are per process: the process that changed the run queues them.)"""
+    with bus.subscribe(["runs"]) as subscription:
+        async for event in subscription:
+            if event.kind == OVERFLOW or "run_id" not in event.data:
+                continue
+            try:
+                status = Status(event.data["status"])
+                created = await run_in_threadpool(
+                    queue_once, factory, settings, int(event.data["run_id"]), status, clock
+                )
+            except Exception:
+                logger.exception("queueing notifications for %s failed", event.data)
+                continue
+            if created and wake is not None:
+                wake.set()
+
+
+async def send_deliveries(
+    factory: sessionmaker[Session],
+    settings: Settings,
+    wake: asyncio.Event | None = None,
+    clock: Clock = utcnow,
+) -> None:
+    """Forever: send the deliveries that are due, when woken or every tick."""
+    while True:
+        try:
+            await run_in_threadpool(service.deliver_due, factory, settings, clock())
+        except Exception:
+            logger.exception("sending notifications failed; retrying")
+        if wake is None:
+            await asyncio.sleep(settings.triggers_tick_seconds)
+            continue
+        wake.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(wake.wait(), settings.triggers_tick_seconds)

@@ -1,0 +1,1 @@
+"""Triggers the server starts by itself: polling repositories and cron schedules."""

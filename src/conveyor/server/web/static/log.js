@@ -1,0 +1,263 @@
+// The run page: a virtual-scrolling log viewer per step (it fetches line ranges as they
+// come into view and never holds the whole log), live lines over WebSocket, search on
+// the server, go-to-line, follow mode; live run status.
+"use strict";
+(function () {
+  const LINE_HEIGHT = 18;          // px; matches .log-row in conveyor.css
+  const CHUNK = 1000;              // lines per range request
+  const MAX_SCROLL_PX = 10000000;  // browsers cap element heights; scale beyond this
+  const MAX_CACHED_CHUNKS = 60;
+  const FINISHED = new Set(["success", "failure", "warning", "cancelled", "skipped", "error"]);
+  const runBox = document.getElementById("run");
+  const runId = runBox ? runBox.dataset.runId : null;
+  const wsBase = (location.protocol === "https:" ? "wss://" : "ws://") + location.host;
+
+  function setStatus(holder, status) {
+    const badge = holder && holder.querySelector("[data-status]");
+    if (!badge) return;
+    badge.textContent = status;
+    badge.className = "status status-" + status;
+  }
+
+  class Viewer {
+    constructor(details) {
+      this.details = details;
+      this.stepId = details.dataset.stepId;
+      this.total = parseInt(details.dataset.lines, 10) || 0;
+      this.chunks = new Map();     // chunk index -> array of lines
+      this.loading = new Set();
+      this.highlight = 0;
+      this.matches = [];
+      this.matchAt = -1;
+      this.built = false;
+    }
+
+    build() {
+      if (this.built) return;
+      this.built = true;
+      const host = this.details.querySelector(".log");
+      const tools = this.details.querySelector(".log-tools");
+      const id = "s" + parseInt(this.stepId, 10);
+      tools.insertAdjacentHTML("beforeend",
+        `<form class="log-search" role="search"><label for="${id}-q">Search</label>` +
+        `<input id="${id}-q" type="search" size="14"><button type="submit" class="secondary">Find</button>` +
+        `<button type="button" class="secondary" data-prev aria-label="Previous match">↑</button>` +
+        `<button type="button" class="secondary" data-next aria-label="Next match">↓</button>` +
+        `<span class="muted" data-found aria-live="polite"></span></form>` +
+        `<form class="log-goto"><label for="${id}-go">Line</label><input id="${id}-go" type="number" min="1" size="8">` +
+        `<button type="submit" class="secondary">Go</button></form>` +
+        `<label class="check"><input type="checkbox" data-follow> Follow</label>`);
+      this.scroller = document.createElement("div");
+      this.scroller.className = "log-scroll";
+      this.scroller.tabIndex = 0;
+      this.scroller.setAttribute("aria-label", "Log of step " + this.stepId);
+      this.spacer = document.createElement("div");
+      this.spacer.className = "log-spacer";
+      this.rows = document.createElement("div");
+      this.rows.className = "log-rows";
+      this.spacer.appendChild(this.rows);
+      this.scroller.appendChild(this.spacer);
+      host.appendChild(this.scroller);
+      this.follow = tools.querySelector("[data-follow]");
+      this.follow.checked = this.details.dataset.status === "running";
+      this.found = tools.querySelector("[data-found]");
+      this.scroller.addEventListener("scroll", () => this.draw());
+      window.addEventListener("resize", () => this.draw());
+      tools.querySelector(".log-goto").addEventListener("submit", (event) => {
+        event.preventDefault();
+        const n = parseInt(tools.querySelector(".log-goto input").value, 10);
+        if (n > 0) this.jump(n, true);
+      });
+      tools.querySelector(".log-search").addEventListener("submit", (event) => {
+        event.preventDefault();
+        this.search(tools.querySelector(".log-search input").value);
+      });
+      tools.querySelector("[data-next]").addEventListener("click", () => this.step(1));
+      tools.querySelector("[data-prev]").addEventListener("click", () => this.step(-1));
+      this.resize();
+    }
+
+    get height() { return Math.min(this.total * LINE_HEIGHT, MAX_SCROLL_PX); }
+    get scaled() { return this.total * LINE_HEIGHT > MAX_SCROLL_PX; }
+    get visible() { return Math.ceil(this.scroller.clientHeight / LINE_HEIGHT) + 1; }
+
+    resize() {
+      this.spacer.style.height = Math.max(this.height, LINE_HEIGHT) + "px";
+      this.scroller.style.height = Math.min(Math.max(this.total, 1) * LINE_HEIGHT + 2, window.innerHeight * 0.7) + "px";
+      this.draw();
+    }
+
+    firstLine() {
+      const top = this.scroller.scrollTop;
+      if (!this.scaled) return Math.floor(top / LINE_HEIGHT);
+      const range = this.height - this.scroller.clientHeight;
+      return Math.round((range > 0 ? top / range : 0) * Math.max(0, this.total - this.visible));
+    }
+
+    /** Scroll so that line `n` (1-based) shows, a third of the way down. */
+    jump(n, mark) {
+      n = Math.min(Math.max(1, n), Math.max(1, this.total));
+      const target = Math.max(0, n - 1 - Math.floor(this.visible / 3));
+      if (!this.scaled) this.scroller.scrollTop = target * LINE_HEIGHT;
+      else {
+        const range = this.height - this.scroller.clientHeight;
+        this.scroller.scrollTop = (target / Math.max(1, this.total - this.visible)) * range;
+      }
+      if (mark) this.highlight = n;
+      this.draw();
+    }
+
+    line(n) {  // 0-based
+      const chunk = this.chunks.get(Math.floor(n / CHUNK));
+      return chunk ? chunk[n % CHUNK] : undefined;
+    }
+
+    draw() {
+      if (!this.built) return;
+      const first = this.firstLine();
+      const count = Math.min(this.visible, Math.max(0, this.total - first));
+      const top = this.scaled ? this.scroller.scrollTop : first * LINE_HEIGHT;
+      this.rows.style.transform = `translateY(${top}px)`;
+      const fragment = document.createDocumentFragment();
+      const missing = new Set();
+      for (let i = first; i < first + count; i++) {
+        const row = document.createElement("div");
+        row.className = "log-row" + (i + 1 === this.highlight ? " marked" : "");
+        const number = document.createElement("a");
+        number.className = "ln";
+        number.href = `#s${this.stepId}L${i + 1}`;
+        number.textContent = String(i + 1);
+        const text = document.createElement("span");
+        text.className = "lt";
+        const value = this.line(i);
+        if (value === undefined) { missing.add(Math.floor(i / CHUNK)); text.classList.add("pending"); }
+        else window.ConveyorAnsi.render(value, text);
+        row.append(number, text);
+        fragment.appendChild(row);
+      }
+      this.rows.replaceChildren(fragment);
+      missing.forEach((chunk) => this.fetch(chunk));
+    }
+
+    async fetch(chunk) {
+      if (this.loading.has(chunk)) return;
+      this.loading.add(chunk);
+      try {
+        const start = chunk * CHUNK;
+        const reply = await fetch(`/api/v1/steps/${this.stepId}/log?start=${start}&end=${start + CHUNK}`,
+          { credentials: "same-origin" });
+        if (!reply.ok) return;
+        const body = await reply.json();
+        const known = this.chunks.get(chunk) || [];
+        const lines = body.lines.length >= known.length ? body.lines : known;
+        this.chunks.set(chunk, lines.slice());
+        if (this.chunks.size > MAX_CACHED_CHUNKS) {
+          const here = Math.floor(this.firstLine() / CHUNK);
+          const far = [...this.chunks.keys()].sort((a, b) => Math.abs(b - here) - Math.abs(a - here));
+          far.slice(0, this.chunks.size - MAX_CACHED_CHUNKS).forEach((key) => this.chunks.delete(key));
+        }
+        if (body.total > this.total) { this.total = body.total; this.counted(); }
+        this.draw();
+      } finally {
+        this.loading.delete(chunk);
+      }
+    }
+
+    counted() {
+      const label = this.details.querySelector("[data-line-count]");
+      if (label) label.textContent = String(this.total);
+      if (this.built) this.resize();
+    }
+
+    /** Lines that arrived live, `start` 0-based. */
+    add(start, lines) {
+      for (let k = 0; k < lines.length; k++) {
+        const n = start + k, index = Math.floor(n / CHUNK);
+        let chunk = this.chunks.get(index);
+        // A chunk starts being filled live only from its first line; else fetch it.
+        if (!chunk && n % CHUNK !== 0) continue;
+        if (!chunk) { chunk = []; this.chunks.set(index, chunk); }
+        if (n % CHUNK <= chunk.length) chunk[n % CHUNK] = lines[k];
+      }
+      this.total = Math.max(this.total, start + lines.length);
+      this.counted();
+      if (this.built && this.follow.checked) this.jump(this.total, false);
+    }
+
+    async search(query) {
+      if (!query) return;
+      this.found.textContent = "searching…";
+      const reply = await fetch(`/ui/steps/${this.stepId}/log/search?q=${encodeURIComponent(query)}`,
+        { credentials: "same-origin" });
+      if (!reply.ok) { this.found.textContent = "search failed"; return; }
+      const body = await reply.json();
+      this.matches = body.lines;
+      this.matchAt = -1;
+      if (!this.matches.length) { this.found.textContent = "no match"; return; }
+      this.step(1);
+      this.found.textContent = `${this.matchAt + 1} of ${this.matches.length}${body.truncated ? "+" : ""}`;
+    }
+
+    step(direction) {
+      if (!this.matches.length) return;
+      this.matchAt = (this.matchAt + direction + this.matches.length) % this.matches.length;
+      this.found.textContent = `${this.matchAt + 1} of ${this.matches.length}`;
+      this.follow.checked = false;
+      this.jump(this.matches[this.matchAt], true);
+    }
+  }
+
+  const viewers = new Map();
+  document.querySelectorAll("details.step").forEach((details) => {
+    const viewer = new Viewer(details);
+    viewers.set(details.dataset.stepId, viewer);
+    if (details.open) viewer.build();
+    details.addEventListener("toggle", () => { if (details.open) { viewer.build(); viewer.draw(); } });
+    if (!FINISHED.has(details.dataset.status) && runId) follow(viewer);
+  });
+
+  function follow(viewer) {
+    const socket = new WebSocket(`${wsBase}/api/v1/runs/${runId}/logs/ws?step=${viewer.stepId}&offset=${viewer.total}`);
+    socket.addEventListener("message", (event) => {
+      const message = JSON.parse(event.data);
+      if (message.type === "lines") viewer.add(message.start, message.lines);
+      else if (message.type === "status" || message.type === "end") {
+        viewer.details.dataset.status = message.status;
+        setStatus(viewer.details.querySelector("[data-step-status]"), message.status);
+        if (message.status === "running" && !viewer.details.open) {
+          viewer.details.open = true;
+        }
+      }
+    });
+  }
+
+  function openFromHash() {
+    const found = /^#s(\d+)L(\d+)$/.exec(location.hash);
+    if (!found) return;
+    const viewer = viewers.get(found[1]);
+    if (!viewer) return;
+    viewer.details.open = true;
+    viewer.build();
+    if (viewer.follow) viewer.follow.checked = false;
+    viewer.jump(parseInt(found[2], 10), true);
+    viewer.details.scrollIntoView({ block: "start" });
+  }
+  window.addEventListener("hashchange", openFromHash);
+  openFromHash();
+
+  // Run status: from the same live feed as the dashboard.
+  if (runId) {
+    const socket = new WebSocket(`${wsBase}/ui/ws/runs`);
+    socket.addEventListener("message", (event) => {
+      const message = JSON.parse(event.data);
+      if (message.type !== "run" || String(message.run.id) !== runId) return;
+      const status = message.run.status;
+      runBox.dataset.status = status;
+      setStatus(runBox.querySelector("[data-run-status]"), status);
+      const finished = FINISHED.has(status);
+      runBox.querySelectorAll("[data-when]").forEach((form) => {
+        form.hidden = (form.dataset.when === "finished") !== finished;
+      });
+    });
+  }
+})();
