@@ -595,6 +595,62 @@ class TestCheckout:
         assert (tmp_path / "ws1" / "a").read_text() == "1"
         assert (tmp_path / "ws2" / "a").read_text() == "2"
 
+    def test_workspace_has_the_refs_and_config_of_a_shared_clone(
+        self, make_repo: MakeRepo, cache: MirrorCache, tmp_path: Path
+    ) -> None:
+        repo = make_repo({"a": "1"})
+        repo.git("tag", "-a", "v1", "-m", "annotated")
+        repo.git("tag", "v1-light")
+        repo.git("branch", "feature")
+        dest = tmp_path / "ws"
+        cache.checkout(repo.url, "main", dest)
+        clone = tmp_path / "clone"
+        mirror = str(cache.mirror_path(repo.url))
+        git_in(tmp_path, "clone", "-q", "--shared", "--no-checkout", mirror, str(clone))
+        git_in(clone, "remote", "set-url", "origin", repo.url)
+        refs = ["for-each-ref", "--format=%(objectname) %(refname) %(*objectname) %(symref)"]
+        assert git_in(dest, *refs) == git_in(clone, *refs)
+        local_config = ["config", "--local", "--get-regexp", "^(remote|branch)[.]"]
+        assert git_in(dest, *local_config) == git_in(clone, *local_config)
+        assert git_in(dest, "describe", "--tags") == "v1"
+        assert (dest / ".git/objects/info/alternates").read_text().strip() == f"{mirror}/objects"
+
+    def test_origin_url_with_quotes_and_backslashes_is_kept_exactly(
+        self, make_repo: MakeRepo, cache: MirrorCache, tmp_path: Path
+    ) -> None:
+        repo = make_repo({"a": "1"})
+        odd = tmp_path / 'we"ird\\dir' / "r.git"
+        odd.parent.mkdir()
+        git_in(tmp_path, "clone", "-q", "--bare", str(repo.path), str(odd))
+        dest = tmp_path / "ws"
+        cache.checkout(str(odd), "main", dest)
+        assert git_in(dest, "remote", "get-url", "origin") == str(odd)
+        git_in(dest, "fetch", "-q", "origin")
+
+    def test_commit_facts_match_git_show_for_another_encoding_and_zone(
+        self, make_repo: MakeRepo, cache: MirrorCache, tmp_path: Path
+    ) -> None:
+        repo = make_repo({"a": "1"})
+        (tmp_path / "msg").write_bytes("Caf\u00e9 subject\n\nbody\n".encode("latin-1"))
+        env = {
+            **os.environ,
+            "GIT_AUTHOR_NAME": "J\u00e9r\u00f4me".encode("latin-1").decode(
+                "utf-8", "surrogateescape"
+            ),
+            "GIT_COMMITTER_DATE": "2023-05-01T10:00:00+0530",
+        }
+        subprocess.run(
+            ["git", "-c", "i18n.commitEncoding=ISO-8859-1", "commit", "-q", "--allow-empty",
+             "-F", str(tmp_path / "msg")],
+            cwd=repo.path, env=env, check=True,
+        )  # fmt: skip
+        info = cache.checkout(repo.url, "main", tmp_path / "ws")
+        shown = git_in(repo.path, "show", "-s", "--format=%an%n%cI%n%B", "HEAD").split("\n", 2)
+        assert info.author_name == shown[0] == "J\u00e9r\u00f4me"
+        assert info.committed_at == datetime.fromisoformat(shown[1])
+        assert info.committed_at.utcoffset() is not None
+        assert info.message == shown[2].rstrip("\n") == "Caf\u00e9 subject\n\nbody"
+
     def test_unknown_ref_leaves_no_workspace(
         self, make_repo: MakeRepo, cache: MirrorCache, tmp_path: Path
     ) -> None:

@@ -72,9 +72,7 @@ def receiver(
     redirect_to: str | None = None,
     answer: Answer = SLACK_OK,
 ) -> Iterator[Receiver]:
-    state = Receiver(
-        url="", statuses=list(statuses or []), answer=answer, redirect_to=redirect_to
-    )
+    state = Receiver(url="", statuses=list(statuses or []), answer=answer, redirect_to=redirect_to)
 
     class Handler(BaseHTTPRequestHandler):
         def _record(self) -> None:

@@ -842,7 +842,8 @@ class MirrorCache:
     def checkout(self, url: str, ref: str, dest: Path) -> CommitInfo:
         """Make `dest` a fresh workspace at exactly the commit `ref` names, detached.
 
-        Updates the mirror, resolves `ref` (as `resolve` does) and clones from the mirror.
+        Updates the mirror, resolves `ref` (as `resolve` does) and makes the workspace
+        share the mirror's objects, as ``git clone --shared`` from the mirror would.
         The workspace's ``origin`` is `url` without credentials, so relative submodule
         URLs work. `branch` / `tag` in the result are set when `ref` names one.
         """
@@ -851,19 +852,21 @@ class MirrorCache:
         created = _prepare_destination(dest)
         try:
             with _locked(self._lock_path(mirror), exclusive=False):
-                _git_checked(
-                    ["clone", "--shared", "--no-checkout", "--quiet", "--", str(mirror), str(dest)],
-                    doing=f"cloning the mirror {mirror} into the workspace {dest}",
+                listed = _git_checked(
+                    [
+                        "for-each-ref",
+                        "--format=%(HEAD)%00%(objectname)%00%(refname)",
+                        _BRANCH_PREFIX,
+                        _TAG_PREFIX,
+                    ],
+                    cwd=mirror,
+                    doing=f"listing the branches and tags of the mirror {mirror}",
                 )
+            _share_mirror(mirror, dest, _without_credentials(url), listed.stdout)
             _git_checked(
                 ["checkout", "--quiet", "--detach", commit.sha],
                 cwd=dest,
                 doing=f"checking out {commit.sha} in {dest}",
-            )
-            _git_checked(
-                ["remote", "set-url", "origin", _without_credentials(url)],
-                cwd=dest,
-                doing=f"setting the origin of {dest}",
             )
             return commit
         except BaseException:
@@ -891,6 +894,63 @@ class MirrorCache:
                 heads[name] = sha
         heads.update(peeled)
         return heads
+
+
+def _share_mirror(mirror: Path, dest: Path, origin_url: str, refs: bytes) -> None:
+    """Make `dest` what ``git clone --shared --no-checkout <mirror> <dest>`` makes, with
+    `origin_url` as origin: objects borrowed from the mirror, its branches as
+    ``origin/*``, its tags, and a local branch for its HEAD. Written here rather than
+    by ``git clone``, which would start three processes to learn the refs given here as
+    `refs` (``for-each-ref`` lines of HEAD mark, sha and ref name).
+    """
+    packed: list[tuple[bytes, bytes]] = []
+    default_branch: bytes | None = None
+    for line in refs.splitlines():
+        head, sha, name = (line.split(b"\0") + [b""] * 3)[:3]
+        if name.startswith(_BRANCH_PREFIX.encode()):
+            branch = name.removeprefix(_BRANCH_PREFIX.encode())
+            packed.append((b"refs/remotes/origin/" + branch, sha))
+            if head == b"*":
+                default_branch = branch
+                packed.append((name, sha))
+        elif name.startswith(_TAG_PREFIX.encode()):
+            packed.append((name, sha))
+    init = ["init", "--quiet"]
+    if default_branch is not None:
+        init.append(f"--initial-branch={os.fsdecode(default_branch)}")
+    _git_checked([*init, "--", str(dest)], doing=f"creating the workspace {dest}")
+    git_dir = dest / ".git"
+    (git_dir / "objects" / "info" / "alternates").write_text(
+        f"{mirror.resolve() / 'objects'}\n", encoding="utf-8"
+    )
+    # No "peeled" trait: git peels annotated tags itself when asked.
+    lines = [b"# pack-refs with: sorted \n"]
+    lines += [sha + b" " + name + b"\n" for name, sha in sorted(packed)]
+    (git_dir / "packed-refs").write_bytes(b"".join(lines))
+    config = [
+        '[remote "origin"]',
+        f"\turl = {_config_value(origin_url)}",
+        "\tfetch = +refs/heads/*:refs/remotes/origin/*",
+    ]
+    if default_branch is not None:
+        branch_name = os.fsdecode(default_branch)
+        (git_dir / "refs" / "remotes" / "origin").mkdir(parents=True, exist_ok=True)
+        (git_dir / "refs" / "remotes" / "origin" / "HEAD").write_text(
+            f"ref: refs/remotes/origin/{branch_name}\n", encoding="utf-8"
+        )
+        config += [
+            f"[branch {_config_value(branch_name)}]",
+            "\tremote = origin",
+            f"\tmerge = {_config_value(_BRANCH_PREFIX + branch_name)}",
+        ]
+    with (git_dir / "config").open("a", encoding="utf-8") as handle:
+        handle.write("\n".join(config) + "\n")
+
+
+def _config_value(value: str) -> str:
+    """`value` quoted for a git config file (also right for a subsection name)."""
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return f'"{escaped}"'
 
 
 def _is_bare_repository(path: Path) -> bool:

@@ -54,7 +54,7 @@ def project(db_session: Session) -> Project:
 
 
 def _hook(db_session: Session, settings: Settings, **fields: object) -> int:
-    hook = service.create_hook(db_session, settings, ADMIN, "demo", HookCreate(**fields))  # type: ignore[arg-type]
+    hook = service.create_hook(db_session, settings, ADMIN, "demo", HookCreate(**fields))
     db_session.commit()
     return hook.id
 
@@ -442,7 +442,7 @@ class TestCommitStatus:
     def _link(
         self, db_session: Session, settings: Settings, kind: str, api: str, repository: str
     ) -> None:
-        body = ForgeLinkPut(kind=kind, api_base_url=api, repository=repository, token="tok")  # type: ignore[arg-type]
+        body = ForgeLinkPut(kind=kind, api_base_url=api, repository=repository, token="tok")
         service.put_forge_link(db_session, settings, ADMIN, "demo", body)
         db_session.commit()
 

@@ -6,19 +6,17 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import httpx
 import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from conveyor.server.config import Settings
-from conveyor.server.models import Role, Run, Schedule
+from conveyor.server.models import Run, Schedule
 from conveyor.server.triggers import service
 from conveyor.server.triggers.schemas import PollingPut, ScheduleCreate
 from conveyor.server.users.authorization import Actor
 from tests.fixtures.gitrepos import Repo
-from tests.server.conftest import add_user
-from tests.server.projects.factories import add_project, assert_error, bearer
+from tests.server.projects.factories import add_project
 from tests.server.runs.factories import PIPELINE
 
 T0 = datetime(2026, 3, 2, 10, 2, tzinfo=UTC)
@@ -174,44 +172,3 @@ class TestRunDueSchedules:
         with factory() as session:
             stored = session.get(Schedule, schedule.id)
             assert stored is not None and stored.last_error
-
-
-class TestSchedulesApi:
-    def test_bad_cron_is_422_naming_the_field(
-        self, http: httpx.Client, db_session: Session
-    ) -> None:
-        maintainer = add_user(db_session, "mia")
-        add_project(db_session, "demo", members={maintainer: Role.MAINTAINER})
-        headers = bearer(db_session, maintainer)
-        response = http.post(
-            "/api/v1/projects/demo/schedules", headers=headers, json={"cron": "61 * * * *"}
-        )
-        error = assert_error(response, 422, "invalid_input")
-        assert "cron" in str(error["message"])
-        response = http.post(
-            "/api/v1/projects/demo/schedules",
-            headers=headers,
-            json={"cron": "0 3 * * *", "time_zone": "Mars/Olympus"},
-        )
-        assert "time_zone" in str(assert_error(response, 422)["message"])
-
-    def test_maintainer_creates_and_viewer_reads_but_cannot_create(
-        self, http: httpx.Client, db_session: Session
-    ) -> None:
-        maintainer = add_user(db_session, "mia")
-        viewer = add_user(db_session, "vera")
-        add_project(db_session, "demo", members={maintainer: Role.MAINTAINER, viewer: Role.VIEWER})
-        created = http.post(
-            "/api/v1/projects/demo/schedules",
-            headers=bearer(db_session, maintainer),
-            json={"cron": "0 3 * * 1-5", "time_zone": "Europe/Berlin", "branch": "main"},
-        )
-        assert created.status_code == 201, created.text
-        assert created.json()["next_due_at"] is not None
-        viewer_headers = bearer(db_session, viewer)
-        listed = http.get("/api/v1/projects/demo/schedules", headers=viewer_headers)
-        assert [s["cron"] for s in listed.json()] == ["0 3 * * 1-5"]
-        refused = http.post(
-            "/api/v1/projects/demo/schedules", headers=viewer_headers, json={"cron": "0 3 * * *"}
-        )
-        assert_error(refused, 403)

@@ -9,6 +9,7 @@ chunks; the backend never looks at lines.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import time
@@ -79,15 +80,21 @@ def _signal_group(group_id: int, signum: int) -> bool:
 
 
 class _TimestampedStreamProtocol(asyncio.StreamReaderProtocol):
-    """Remembers when data last came, to tell an orphaned pipe from a quiet one."""
+    """Remembers when data last came, to tell an orphaned pipe from a quiet one, and
+    tells when the pipe is closed."""
 
     def __init__(self, reader: asyncio.StreamReader) -> None:
         super().__init__(reader)
         self.last_data_at = time.monotonic()
+        self.closed = asyncio.Event()
 
     def data_received(self, data: bytes) -> None:
         self.last_data_at = time.monotonic()
         super().data_received(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed.set()
+        super().connection_lost(exc)
 
 
 class LocalStepProcess:
@@ -164,7 +171,9 @@ class LocalStepProcess:
             # the background ends with it, and stops holding the output pipe open.
             self._kill_group()
         while not self._transport.is_closing():
-            await asyncio.sleep(_GROUP_POLL_SECONDS)
+            # Woken at once when the pipe ends (the usual case), else once per poll.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._protocol.closed.wait(), _GROUP_POLL_SECONDS)
             quiet_for = time.monotonic() - self._protocol.last_data_at
             if self._transport.is_reading() and quiet_for > _ORPHAN_PIPE_QUIET_SECONDS:
                 self._transport.close()

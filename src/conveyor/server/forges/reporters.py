@@ -14,7 +14,7 @@ come from). `api` is the link's API base URL: `https://api.github.com`,
                body {state, target_url, description, context};
                state: error | failure | pending | success; answers 201
     GitLab     REST API, "Commits > Set the pipeline status of a commit"
-               (docs.gitlab.com/api/commits/#set-the-pipeline-status-of-a-commit)
+               (docs.gitlab.com/ee/api/commits.html#set-the-pipeline-status-of-a-commit)
                POST {api}/projects/{id or URL-encoded path}/statuses/{sha}
                PRIVATE-TOKEN: <token>
                body {state, ref?, name, target_url, description}; `name` (alias

@@ -184,7 +184,7 @@ def _plan_run_stream(
         )
     if index is None:
         job_id = found_job.id
-        return lambda streams, send: streams.follow_job(job_id, 0, offset, send)
+        return lambda streams, send: streams.follow_job(job_id, run_id, 0, offset, send)
     one = service.step_of_job(session, found_job, index)
     if one is None:
         raise service.StepNotFoundError(
@@ -199,8 +199,9 @@ def _plan_job_stream(
     websocket: WebSocket, session: Session, job_id: int, index: int, offset: int
 ) -> Follow:
     actor = _websocket_actor(websocket, session)
-    service.job_for_reading(session, actor, job_id)
-    return lambda streams, send: streams.follow_job(job_id, index, offset, send)
+    _job, run, _project = service.job_for_reading(session, actor, job_id)
+    run_id = run.id
+    return lambda streams, send: streams.follow_job(job_id, run_id, index, offset, send)
 
 
 async def _until_disconnected(websocket: WebSocket) -> None:

@@ -1,10 +1,14 @@
 """Live step logs for many viewers: the backlog from any line, then new lines as they
 are stored, then the end; no gap, no duplicate.
 
-One `StepFollower` per followed step reads the new lines of its file ONCE per wake-up
-(a `log:<step id>` event, a `run:<run id>` status event, or a slow poll as a safety
-net), masks them once, serialises each message once, and hands the same text to every
-viewer; a viewer costs a queue, not a file read.
+One `StepFollower` per followed step loads the step once (its file, its masker, what
+its status message says), then reads the new bytes of its file ONCE per wake-up (a
+`log:<step id>` event, a `run:<run id>` status event, or a slow poll as a safety net),
+masks them once, serialises each message once, and hands the same text to every
+viewer; a viewer costs a queue, not a database query or a file read. The follower
+also keeps its latest messages (`HISTORY_BYTES`), so a viewer who joins a running
+step gets the recent part of its backlog from memory; only lines stored before the
+follower started are read from the file by the viewer itself.
 
 How a viewer avoids gaps and duplicates (everything below runs in the event loop, so
 the attach is atomic with respect to broadcasts):
@@ -12,15 +16,20 @@ the attach is atomic with respect to broadcasts):
 1. the follower subscribes to its events BEFORE it counts the lines already stored,
    so every later append wakes it: its `position` (lines broadcast so far) only moves
    after the lines are on disk;
-2. a viewer attaches and learns `join_at`, the follower's position at that moment:
-   every message it receives afterwards starts at `join_at` or later;
-3. it reads its backlog `[offset, join_at)` from the file, then forwards the queued
-   messages, trimming any line below its own next line number.
+2. a viewer attaches and learns `join_at`, the follower's position at that moment,
+   and the follower's kept messages (which end at `join_at`): every message it
+   receives afterwards starts at `join_at` or later;
+3. it sends its backlog `[offset, join_at)`: from the file up to the first kept
+   message, then the kept messages, then the queued ones, trimming any line below its
+   own next line number.
 
 Only complete lines are streamed while the step runs (agents send bytes, not lines, so
 the file often ends mid-line); the unterminated tail goes out once the step finished.
 A viewer that falls too far behind is detached and re-attaches from its own next line
 (the file holds everything, so nothing is lost).
+
+The masker is the follower's, made from the project's secrets when it started: a
+secret added while a step is being followed applies from its next follower on.
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,30 +45,42 @@ from pathlib import Path
 from sqlalchemy.orm import Session, sessionmaker
 
 from conveyor.agent.masking import Masker
-from conveyor.logstore import count_lines
 from conveyor.protocol.status import Status
 from conveyor.server.config import Settings
 from conveyor.server.events import OVERFLOW, EventBus
 from conveyor.server.logs import repository, service
 from conveyor.server.logs.paths import step_log_path
-from conveyor.server.logs.service import line_text, mask_lines, read_stored_lines
+from conveyor.server.logs.service import mask_lines, read_stored_lines, split_lines
 from conveyor.server.models.job import Job
 from conveyor.server.models.step import Step
 
 LINES_PER_MESSAGE = 5_000
 BYTES_PER_MESSAGE = 256 * 1024
+READ_BYTES = 4 * 1024 * 1024
+"""About the most a follower reads (and holds) per round; it reads on until caught up."""
+BACKLOG_LINES_PER_READ = 50_000
+"""Lines a viewer reads from the file per round for the part of its backlog that the
+follower does not keep."""
+HISTORY_BYTES = 8 * 1024 * 1024
+"""Serialised messages a follower keeps for the viewers who join after them."""
+BACKLOG_CACHE_BYTES = 16 * 1024 * 1024
+"""Serialised messages of backlogs read from files, kept for the next viewers."""
 POLL_SECONDS = 5.0
 """How often a follower looks at its step without being woken (a lost event)."""
 MAX_QUEUED_MESSAGES = 256
 """Messages a viewer may have waiting before it is detached to catch up from the file."""
+MAX_REMEMBERED_STEP_IDS = 4_096
 
 
 @dataclass(frozen=True)
 class StepSource:
-    """What following one step needs, loaded once."""
+    """What following one step needs, loaded once per follower."""
 
     step_id: int
     run_id: int
+    job_id: int
+    index: int
+    name: str
     path: Path
     masker: Masker
 
@@ -66,13 +88,18 @@ class StepSource:
 @dataclass(frozen=True)
 class LinesMessage:
     start: int
-    lines: list[str]
+    count: int
     text: str
-    """The JSON message, serialised once for every viewer."""
+    """The JSON message, serialised once for every viewer. The lines are kept only in
+    it (a list of str would take twice the memory): few viewers ever need a part."""
 
     @property
     def end(self) -> int:
-        return self.start + len(self.lines)
+        return self.start + self.count
+
+    def lines(self) -> list[str]:
+        lines: list[str] = json.loads(self.text)["lines"]
+        return lines
 
 
 @dataclass(frozen=True)
@@ -94,38 +121,148 @@ Message = LinesMessage | StatusMessage | EndMessage | Lagged
 
 def lines_message(step_id: int, start: int, lines: list[str]) -> LinesMessage:
     text = json.dumps({"type": "lines", "step": step_id, "start": start, "lines": lines})
-    return LinesMessage(start=start, lines=lines, text=text)
+    return LinesMessage(start=start, count=len(lines), text=text)
 
 
-def batch(raw: list[bytes], masker: Masker) -> list[list[str]]:
-    """Masked text lines, cut into pieces of at most LINES_PER_MESSAGE lines and
-    about BYTES_PER_MESSAGE bytes."""
-    pieces: list[list[str]] = []
-    current: list[bytes] = []
-    size = 0
-    for line in raw:
-        if current and (len(current) >= LINES_PER_MESSAGE or size + len(line) > BYTES_PER_MESSAGE):
-            pieces.append([line_text(item) for item in mask_lines(current, masker)])
-            current, size = [], 0
-        current.append(line)
-        size += len(line)
-    if current:
-        pieces.append([line_text(item) for item in mask_lines(current, masker)])
-    return pieces
-
-
-def read_stored(path: Path, start: int, end: int | None, *, complete_only: bool) -> list[bytes]:
-    lines = read_stored_lines(path, start, end)
-    if complete_only and lines and not lines[-1].endswith(b"\n"):
-        lines.pop()
+def text_lines(data: bytes, masker: Masker) -> list[str]:
+    """Stored bytes (whole lines, the last one possibly unterminated) as masked text
+    lines, each as `service.line_text` gives it; one pass over the bytes, not one per
+    line."""
+    masked = masker.mask(data)
+    if masked is not data and masked.count(b"\n") != data.count(b"\n"):
+        masked = b"".join(mask_lines(split_lines(data), masker))
+    # b"\n" is never part of a multi-byte sequence, so decoding the whole at once
+    # replaces bad UTF-8 exactly as decoding each line would.
+    text = masked.decode("utf-8", "replace")
+    lines = text.split("\n")
+    unterminated = lines.pop()  # "" when the data ends with a newline
+    if "\r" in text:
+        lines = [line[:-1] if line.endswith("\r") else line for line in lines]
+    if unterminated:
+        lines.append(unterminated)
     return lines
 
 
-def count_complete_lines(path: Path) -> int:
+def pieces(data: bytes) -> list[bytes]:
+    """`data` (whole lines) cut into pieces of at most LINES_PER_MESSAGE lines and at
+    most BYTES_PER_MESSAGE bytes (a longer line is a piece of its own)."""
+    out: list[bytes] = []
+    start, size = 0, len(data)
+    while start < size:
+        end = start + BYTES_PER_MESSAGE
+        if end >= size:
+            end = size
+        else:
+            cut = data.rfind(b"\n", start, end) + 1
+            end = cut if cut > start else (data.find(b"\n", end) + 1 or size)
+        if data.count(b"\n", start, end) >= LINES_PER_MESSAGE:
+            # Just after the LINES_PER_MESSAGE-th newline: what the split leaves over.
+            rest = data[start:end].split(b"\n", LINES_PER_MESSAGE)[-1]
+            end -= len(rest)
+        out.append(data[start:end])
+        start = end
+    return out
+
+
+def encode(source: StepSource, start: int, data: bytes) -> list[LinesMessage]:
+    """The messages of `data`, stored lines from line `start` on."""
+    messages: list[LinesMessage] = []
+    for piece in pieces(data):
+        lines = text_lines(piece, source.masker)
+        messages.append(lines_message(source.step_id, start, lines))
+        start += len(lines)
+    return messages
+
+
+def read_new(
+    source: StepSource, at: int, start: int, *, complete_only: bool
+) -> tuple[int, list[LinesMessage], bool]:
+    """The messages of the bytes stored from byte `at` (line `start`): whole lines,
+    about READ_BYTES of them, and the unterminated last line unless `complete_only`.
+    Returns the bytes used, the messages, and whether more may follow at once."""
     try:
-        return count_lines(path)
+        f = source.path.open("rb")
     except FileNotFoundError:
-        return 0
+        return 0, [], False
+    with f:
+        f.seek(at)
+        blocks: list[bytes] = []
+        while True:
+            block = f.read(READ_BYTES)
+            blocks.append(block)
+            at_end = len(block) < READ_BYTES
+            if at_end or b"\n" in block:
+                break
+    data = b"".join(blocks)
+    if complete_only or not at_end:
+        data = data[: data.rfind(b"\n") + 1]
+    return len(data), encode(source, start, data), not at_end
+
+
+def read_backlog(source: StepSource, start: int, end: int) -> list[LinesMessage]:
+    """The messages of stored lines `[start, end)`."""
+    return encode(source, start, b"".join(read_stored_lines(source.path, start, end)))
+
+
+BacklogKey = tuple[int, Path, Masker, int, int]
+
+
+class Backlogs:
+    """The messages of stored line ranges read lately for viewers, for the next ones
+    who ask for the same range: a hundred viewers opening one finished log read and
+    serialise it once. Only ranges of lines that can no longer change are asked for
+    (complete lines, or all of a finished step's), so an entry never goes stale; the
+    masker is part of the key, so a change of the project's secrets is a new entry."""
+
+    def __init__(self, max_bytes: int = BACKLOG_CACHE_BYTES) -> None:
+        self._max_bytes = max_bytes
+        self._bytes = 0
+        self._entries: OrderedDict[BacklogKey, list[LinesMessage]] = OrderedDict()
+        self._reading: dict[BacklogKey, asyncio.Future[list[LinesMessage]]] = {}
+
+    async def read(self, source: StepSource, start: int, end: int) -> list[LinesMessage]:
+        key = (source.step_id, source.path, source.masker, start, end)
+        found = self._entries.get(key)
+        if found is not None:
+            self._entries.move_to_end(key)
+            return found
+        reading = self._reading.get(key)
+        if reading is None:
+            reading = asyncio.ensure_future(asyncio.to_thread(read_backlog, source, start, end))
+            self._reading[key] = reading
+            reading.add_done_callback(lambda done: self._store(key, done))
+        return await asyncio.shield(reading)
+
+    def _store(self, key: BacklogKey, done: asyncio.Future[list[LinesMessage]]) -> None:
+        del self._reading[key]
+        if done.cancelled() or done.exception() is not None:
+            return
+        messages = done.result()
+        size = sum(len(message.text) for message in messages)
+        if size > self._max_bytes:
+            return
+        self._entries[key] = messages
+        self._bytes += size
+        while self._bytes > self._max_bytes:
+            _, dropped = self._entries.popitem(last=False)
+            self._bytes -= sum(len(message.text) for message in dropped)
+
+
+def count_complete_lines(path: Path) -> tuple[int, int]:
+    """The complete lines stored, and the byte where the line after them starts."""
+    lines = at = end = 0
+    try:
+        f = path.open("rb")
+    except FileNotFoundError:
+        return 0, 0
+    with f:
+        while chunk := f.read(1 << 20):
+            found = chunk.count(b"\n")
+            if found:
+                lines += found
+                end = at + chunk.rfind(b"\n") + 1
+            at += len(chunk)
+    return lines, end
 
 
 @dataclass(eq=False)
@@ -133,32 +270,51 @@ class Viewer:
     queue: asyncio.Queue[Message] = field(default_factory=asyncio.Queue)
 
 
+@dataclass(frozen=True)
+class Attachment:
+    join_at: int
+    """The line the viewer's queued messages start at."""
+    status: Status | None
+    """The step's status as the follower knows it when the viewer attached."""
+    kept: list[LinesMessage]
+    """The follower's latest messages, ending at `join_at`."""
+
+
 class StepFollower:
     def __init__(
         self,
-        source: StepSource,
+        step_id: int,
         bus: EventBus,
+        load: Callable[[int], Awaitable[StepSource | None]],
         step_status: Callable[[int], Awaitable[Status | None]],
         on_done: Callable[[StepFollower], None],
     ) -> None:
-        self.source = source
+        self.step_id = step_id
+        self.source: StepSource | None = None
+        self.gone = False
+        """The step does not exist (any more)."""
         self._bus = bus
+        self._load = load
         self._step_status = step_status
         self._on_done = on_done
         self.viewers: set[Viewer] = set()
         self.position = 0
+        self._byte_position = 0
+        self.status: Status | None = None
         self.final: Status | None = None
+        self._kept: deque[LinesMessage] = deque()
+        self._kept_bytes = 0
         self.ready = asyncio.Event()
-        self.task = asyncio.create_task(self._follow(), name=f"log-follower-{source.step_id}")
+        self.task = asyncio.create_task(self._follow(), name=f"log-follower-{step_id}")
 
-    def attach(self, viewer: Viewer) -> int:
-        """Start sending to `viewer`; returns the line its messages will start at. Call
-        after `ready`. On a finished follower, the viewer gets only the end."""
+    def attach(self, viewer: Viewer) -> Attachment:
+        """Start sending to `viewer`. Call after `ready`. On a finished follower, the
+        viewer gets only the end."""
         if self.final is not None:
             viewer.queue.put_nowait(EndMessage(self.final))
         else:
             self.viewers.add(viewer)
-        return self.position
+        return Attachment(join_at=self.position, status=self.status, kept=list(self._kept))
 
     def detach(self, viewer: Viewer) -> None:
         self.viewers.discard(viewer)
@@ -173,24 +329,37 @@ class StepFollower:
             else:
                 viewer.queue.put_nowait(message)
 
-    async def _broadcast_new_lines(self, *, finished: bool) -> None:
-        source = self.source
-        raw = await asyncio.to_thread(
-            read_stored, source.path, self.position, None, complete_only=not finished
-        )
-        if not raw:
-            return
-        pieces = await asyncio.to_thread(batch, raw, source.masker)
-        for piece in pieces:
-            self._send(lines_message(source.step_id, self.position, piece))
-            self.position += len(piece)
+    def _keep(self, message: LinesMessage) -> None:
+        self._kept.append(message)
+        self._kept_bytes += len(message.text)
+        while self._kept_bytes > HISTORY_BYTES and len(self._kept) > 1:
+            self._kept_bytes -= len(self._kept.popleft().text)
+
+    async def _broadcast_new_lines(self, source: StepSource, *, finished: bool) -> None:
+        more = True
+        while more:
+            used, messages, more = await asyncio.to_thread(
+                read_new, source, self._byte_position, self.position, complete_only=not finished
+            )
+            self._byte_position += used
+            for message in messages:
+                self._keep(message)
+                self._send(message)
+                self.position = message.end
 
     async def _follow(self) -> None:
-        source = self.source
-        subscription = self._bus.subscribe([f"log:{source.step_id}", f"run:{source.run_id}"])
+        subscription = None
         try:
-            self.position = await asyncio.to_thread(count_complete_lines, source.path)
-            status = await self._step_status(source.step_id)
+            source = await self._load(self.step_id)
+            if source is None:
+                self.gone = True
+                return
+            self.source = source
+            subscription = self._bus.subscribe([f"log:{source.step_id}", f"run:{source.run_id}"])
+            self.position, self._byte_position = await asyncio.to_thread(
+                count_complete_lines, source.path
+            )
+            self.status = status = await self._step_status(source.step_id)
             self.ready.set()
             check_status = False
             while True:
@@ -202,9 +371,9 @@ class StepFollower:
                         and not new_status.finished  # the final one comes with the end
                     ):
                         self._send(StatusMessage(new_status))
-                    status = new_status
+                    self.status = status = new_status
                 finished = status is None or status.finished
-                await self._broadcast_new_lines(finished=finished)
+                await self._broadcast_new_lines(source, finished=finished)
                 if finished:
                     self.final = status or Status.ERROR
                     self._send(EndMessage(self.final))
@@ -214,7 +383,8 @@ class StepFollower:
                     event is None or event.kind == OVERFLOW or event.topic.startswith("run:")
                 )
         finally:
-            subscription.close()
+            if subscription is not None:
+                subscription.close()
             self.ready.set()
             self._on_done(self)
 
@@ -230,6 +400,10 @@ class LogStreams:
         self._settings = settings
         self._bus = bus
         self._followers: dict[int, StepFollower] = {}
+        self.backlogs = Backlogs()
+        self._step_ids: dict[tuple[int, int], int] = {}
+        """(job id, step index) -> step id: a step keeps its id for as long as it lives."""
+        self._asking: dict[tuple[int, int], asyncio.Future[tuple[Status | None, int | None]]] = {}
 
     def _status_now(self, step_id: int) -> Status | None:
         with self._session_factory() as session:
@@ -239,21 +413,25 @@ class LogStreams:
     async def step_status(self, step_id: int) -> Status | None:
         return await asyncio.to_thread(self._status_now, step_id)
 
-    def _load_step(self, step_id: int) -> tuple[StepSource, str] | None:
-        """The source of a step and its status message, or None if it is gone."""
+    def _source_now(self, step_id: int) -> StepSource | None:
         with self._session_factory() as session:
             found = repository.step_with_owners(session, step_id)
             if found is None:
                 return None
             step, job, run, project = found
             secrets = service.step_secrets(session, self._settings, project)
-            source = StepSource(
+            return StepSource(
                 step_id=step.id,
                 run_id=run.id,
+                job_id=job.id,
+                index=step.index,
+                name=step.name,
                 path=step_log_path(self._settings.data_dir, run.id, job.id, step.index),
                 masker=service.masker_for(secrets),
             )
-            return source, status_text(step)
+
+    async def _load_source(self, step_id: int) -> StepSource | None:
+        return await asyncio.to_thread(self._source_now, step_id)
 
     def _job_step(self, job_id: int, index: int) -> tuple[Status | None, int | None]:
         """The job's status (None: gone) and the id of its step `index`, if it exists."""
@@ -265,21 +443,34 @@ class LogStreams:
             return job.status, None if step is None else step.id
 
     def _forget(self, follower: StepFollower) -> None:
-        if self._followers.get(follower.source.step_id) is follower:
-            del self._followers[follower.source.step_id]
+        if self._followers.get(follower.step_id) is follower:
+            del self._followers[follower.step_id]
 
-    async def attach(self, source: StepSource, viewer: Viewer) -> tuple[StepFollower, int]:
+    async def follower(self, step_id: int) -> StepFollower | None:
+        """The running (or just finished) follower of a step, started if need be;
+        None when the step does not exist."""
         while True:
-            follower = self._followers.get(source.step_id)
+            follower = self._followers.get(step_id)
             if follower is None:
-                follower = StepFollower(source, self._bus, self.step_status, self._forget)
-                self._followers[source.step_id] = follower
-            await follower.ready.wait()
+                follower = StepFollower(
+                    step_id, self._bus, self._load_source, self.step_status, self._forget
+                )
+                self._followers[step_id] = follower
+            try:
+                await follower.ready.wait()
+            except asyncio.CancelledError:
+                # The viewer left before attaching; a follower nobody attached to stops.
+                if not follower.viewers and follower.final is None:
+                    self._forget(follower)
+                    follower.task.cancel()
+                raise
+            if follower.gone:
+                return None
             if follower.task.done() and follower.final is None:
                 # It stopped without an end (its last viewer left): start another.
                 self._forget(follower)
                 continue
-            return follower, follower.attach(viewer)
+            return follower
 
     def detach(self, follower: StepFollower, viewer: Viewer) -> None:
         follower.detach(viewer)
@@ -299,23 +490,50 @@ class LogStreams:
     async def follow_step(self, step_id: int, offset: int, send: SendText) -> None:
         """Stream one step from line `offset`: its status, lines, then
         `{"type": "end", "status"}` once it finished."""
-        loaded = await asyncio.to_thread(self._load_step, step_id)
-        if loaded is None:
+        follower = await self.follower(step_id)
+        if follower is None:
             await send(end_text(Status.ERROR))
             return
-        source, status = loaded
-        await send(status)
-        final = await stream_step(self, source, offset, send)
+        final = await stream_step(self, follower, offset, send)
         await send(end_text(final))
 
-    async def follow_job(self, job_id: int, first_index: int, offset: int, send: SendText) -> None:
-        """Stream every step of a job in order, from step `first_index` (line `offset`
-        of that one, line 0 of the next ones), then the end with the job's status."""
+    async def _step_of_job(
+        self, job_id: int, index: int, *, fresh: bool = False
+    ) -> tuple[Status | None, int | None]:
+        """The job's status and the id of its step `index` (see `_job_step`). A step's
+        id never changes, so once found it is remembered; viewers asking at the same
+        time share one query, unless `fresh` (a newer answer is needed)."""
+        key = (job_id, index)
+        step_id = self._step_ids.get(key)
+        if step_id is not None:
+            return None, step_id
+        asking = None if fresh else self._asking.get(key)
+        if asking is None:
+            asking = asyncio.ensure_future(asyncio.to_thread(self._job_step, job_id, index))
+            self._asking[key] = asking
+            asking.add_done_callback(
+                lambda done: self._asking.pop(key) if self._asking.get(key) is done else None
+            )
+        job_status, step_id = await asyncio.shield(asking)
+        if step_id is not None:
+            if len(self._step_ids) >= MAX_REMEMBERED_STEP_IDS:
+                self._step_ids.clear()
+            self._step_ids[key] = step_id
+        return job_status, step_id
+
+    async def follow_job(
+        self, job_id: int, run_id: int, first_index: int, offset: int, send: SendText
+    ) -> None:
+        """Stream every step of job `job_id` (of run `run_id`) in order, from step
+        `first_index` (line `offset` of that one, line 0 of the next ones), then the end
+        with the job's status."""
         subscription = None
         index, line = first_index, offset
         try:
             while True:
-                job_status, step_id = await asyncio.to_thread(self._job_step, job_id, index)
+                job_status, step_id = await self._step_of_job(
+                    job_id, index, fresh=subscription is not None
+                )
                 if step_id is None:
                     if job_status is None or job_status.finished:
                         await send(end_text(job_status or Status.ERROR))
@@ -323,87 +541,100 @@ class LogStreams:
                     if subscription is None:
                         # The next step (or the job's end) is not recorded yet: wait
                         # for the run to change, then look again.
-                        subscription = self._bus.subscribe([f"run:{self._run_of(job_id)}"])
+                        subscription = self._bus.subscribe([f"run:{run_id}"])
                         continue
                     await subscription.get(within=POLL_SECONDS)
                     continue
-                loaded = await asyncio.to_thread(self._load_step, step_id)
-                if loaded is None:
+                follower = await self.follower(step_id)
+                if follower is None or follower.source is None or follower.source.job_id != job_id:
+                    self._step_ids.pop((job_id, index), None)  # gone: look again
                     continue
-                source, status = loaded
-                await send(status)
-                final = await stream_step(self, source, line, send)
+                final = await stream_step(self, follower, line, send)
                 await send(_status_text(step_id, final))
                 index, line = index + 1, 0
         finally:
             if subscription is not None:
                 subscription.close()
 
-    def _run_of(self, job_id: int) -> int | None:
-        with self._session_factory() as session:
-            job = session.get(Job, job_id)
-            return None if job is None else job.run_id
-
 
 SendText = Callable[[str], Awaitable[None]]
 
 
-async def stream_step(
-    streams: LogStreams, source: StepSource, offset: int, send: SendText
-) -> Status:
-    """Send the step's lines from line `offset` until it ends; returns its final status.
+async def _forward(step_id: int, message: LinesMessage, next_line: int, send: SendText) -> int:
+    """Send the part of `message` from line `next_line` on; returns the next line."""
+    if message.end <= next_line:
+        return next_line
+    if message.start < next_line:
+        kept = message.lines()[next_line - message.start :]
+        await send(lines_message(step_id, next_line, kept).text)
+    else:
+        await send(message.text)
+    return message.end
 
-    Messages: `{"type": "lines", "step", "start", "lines"}` and `{"type": "status",
-    "step", "status"}` when it changes; the caller sends the end."""
+
+async def stream_step(
+    streams: LogStreams, follower: StepFollower, offset: int, send: SendText
+) -> Status:
+    """Send the step's status, then its lines from line `offset` until it ends; returns
+    its final status.
+
+    Messages: `{"type": "status", "step", "job", "index", "name", "status"}` first,
+    `{"type": "lines", "step", "start", "lines"}`, and `{"type": "status", "step",
+    "status"}` when it changes; the caller sends the end."""
     next_line = offset
+    first = True
     while True:
+        source = follower.source
+        assert source is not None  # `LogStreams.follower` returns loaded followers
         viewer = Viewer()
-        follower, join_at = await streams.attach(source, viewer)
+        attachment = follower.attach(viewer)
         try:
-            while next_line < join_at:
-                upto = min(join_at, next_line + LINES_PER_MESSAGE)
-                raw = await asyncio.to_thread(
-                    read_stored, source.path, next_line, upto, complete_only=False
-                )
-                if not raw:
+            if first:
+                await send(status_text(source, attachment.status))
+                first = False
+            from_file = attachment.kept[0].start if attachment.kept else attachment.join_at
+            while next_line < from_file:
+                upto = min(from_file, next_line + BACKLOG_LINES_PER_READ)
+                messages = await streams.backlogs.read(source, next_line, upto)
+                if not messages:
                     break
-                for piece in await asyncio.to_thread(batch, raw, source.masker):
-                    await send(lines_message(source.step_id, next_line, piece).text)
-                    next_line += len(piece)
-            while True:
-                message = await viewer.queue.get()
-                if isinstance(message, Lagged):
-                    break
-                if isinstance(message, EndMessage):
-                    return message.status
-                if isinstance(message, StatusMessage):
-                    await send(_status_text(source.step_id, message.status))
-                    continue
-                if message.end <= next_line:
-                    continue
-                if message.start < next_line:
-                    kept = message.lines[next_line - message.start :]
-                    await send(lines_message(source.step_id, next_line, kept).text)
-                else:
+                for message in messages:
                     await send(message.text)
-                next_line = message.end
+                next_line = messages[-1].end
+            for message in attachment.kept:
+                next_line = await _forward(source.step_id, message, next_line, send)
+            while True:
+                queued = await viewer.queue.get()
+                if isinstance(queued, Lagged):
+                    break
+                if isinstance(queued, EndMessage):
+                    return queued.status
+                if isinstance(queued, StatusMessage):
+                    await send(_status_text(source.step_id, queued.status))
+                    continue
+                next_line = await _forward(source.step_id, queued, next_line, send)
         finally:
             streams.detach(follower, viewer)
+        # Fell behind: catch up from the file (and the follower, running or a new one).
+        found = await streams.follower(source.step_id)
+        if found is None:
+            return Status.ERROR
+        follower = found
 
 
 def _status_text(step_id: int, status: Status) -> str:
     return json.dumps({"type": "status", "step": step_id, "status": str(status)})
 
 
-def status_text(step: Step) -> str:
+def status_text(source: StepSource, status: Status | None) -> str:
     return json.dumps(
         {
             "type": "status",
-            "step": step.id,
-            "job": step.job_id,
-            "index": step.index,
-            "name": step.name,
-            "status": str(step.status),
+            "step": source.step_id,
+            "job": source.job_id,
+            "index": source.index,
+            "name": source.name,
+            "status": str(status or Status.ERROR),
         }
     )
 

@@ -125,10 +125,10 @@ class DiscordSender:
     color and `fields` of name/value/inline) and `allowed_mentions`, as AMS-Build's
     outbound hooks send. No authentication header: the token is part of the URL.
 
-    Two choices the reference recommends: `wait=true` is added to the query, so Discord
-    answers only once the message is saved (200 with the message; without it a message
-    that is not saved returns no error), and `allowed_mentions: {"parse": []}` keeps a
-    commit message's "@everyone" from pinging anyone."""
+    Two options the reference describes are used: `wait=true` is added to the query,
+    so Discord answers only once the message is saved (200 with the message; without
+    it a message that is not saved returns no error), and `allowed_mentions:
+    {"parse": []}` keeps a commit message's "@everyone" from pinging anyone."""
 
     def send(self, outgoing: Outgoing, transport: Transport) -> int | None:
         context = outgoing.context
@@ -155,8 +155,8 @@ class DiscordSender:
 
 
 class SlackSender:
-    """Slack's incoming webhook ("Sending messages using incoming webhooks",
-    docs.slack.dev/messaging/sending-messages-using-incoming-webhooks): POST the
+    """Slack's incoming webhook ("Sending messages using Incoming Webhooks",
+    api.slack.com/messaging/webhooks, and the SDKs' webhook clients): POST the
     webhook URL with `Content-type: application/json` and a body of `text` (also the
     notification's fallback) and `blocks`, here one `section` block of mrkdwn text.
     No authentication header: the secret is part of the URL. Slack answers 200 `ok`,

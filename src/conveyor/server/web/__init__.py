@@ -15,7 +15,8 @@ def install(app: FastAPI) -> None:
     """Add the UI's pages, live endpoint and static files to `app`."""
     from conveyor.server.web import live, logsearch, views
 
-    app.include_router(views.router)
+    # The static files first: the pages' catch-all answers every other /ui/ path.
+    app.mount("/ui/static", StaticFiles(directory=STATIC_DIR), name="ui-static")
     app.include_router(live.router)
     app.include_router(logsearch.router)
-    app.mount("/ui/static", StaticFiles(directory=STATIC_DIR), name="ui-static")
+    app.include_router(views.router)

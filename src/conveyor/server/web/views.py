@@ -17,6 +17,7 @@ from conveyor.protocol.status import Status
 from conveyor.server.agents import service as agents_service
 from conveyor.server.artifacts import service as artifacts_service
 from conveyor.server.audit import service as audit
+from conveyor.server.db.base import utcnow
 from conveyor.server.deps import (
     AppSettings,
     DbSession,
@@ -30,8 +31,11 @@ from conveyor.server.errors import (
     PermissionDeniedError,
 )
 from conveyor.server.models.membership import Role
+from conveyor.server.models.notification_hook import HookKind, NotificationTrigger
 from conveyor.server.models.project import Visibility
 from conveyor.server.models.user import User
+from conveyor.server.notifications import service as notifications_service
+from conveyor.server.notifications.schemas import HookCreate
 from conveyor.server.projects import service as projects_service
 from conveyor.server.projects.repository import ProjectRepository
 from conveyor.server.projects.schemas import ProjectCreate, ProjectUpdate
@@ -39,6 +43,8 @@ from conveyor.server.runs import service as runs_service
 from conveyor.server.runs.repository import RunFilter
 from conveyor.server.runs.schemas import TriggerRequest
 from conveyor.server.secrets import service as secrets_service
+from conveyor.server.triggers import service as triggers_service
+from conveyor.server.triggers.schemas import ScheduleCreate
 from conveyor.server.users import passwords
 from conveyor.server.users import service as users_service
 from conveyor.server.users.authorization import Action, Actor, authorize, require_admin
@@ -346,6 +352,12 @@ def project_settings_page(
             "webhook": webhook,
             "badge_url": f"{_base_url(request)}/badge/{quote(project.name, safe='')}.svg",
             "visibilities": [member.value for member in Visibility],
+            "schedules": triggers_service.list_schedules(session, actor, project.name),
+            "hooks": notifications_service.list_hooks(session, actor, project.name),
+            "hook_kinds": [member.value for member in HookKind],
+            "hook_triggers": [
+                member.value for member in NotificationTrigger if member != NotificationTrigger.TEST
+            ],
         },
     )
 
@@ -422,6 +434,69 @@ def set_member(
         projects_service.set_member(session, actor, name, user_name, Role(role))
         notice = f"{user_name} is now {role}"
     _audit(session, request, actor, "member.set", "project", name)
+    return redirect(request, _project_path(name, "/settings"), notice)
+
+
+@router.post("/ui/projects/{name}/schedules")
+def change_schedules(
+    request: Request,
+    name: str,
+    form: Form,
+    actor: PageActor,
+    session: DbSession,
+    settings: AppSettings,
+) -> Response:
+    remove = field(form, "delete")
+    if remove:
+        if not remove.isdigit():
+            raise InvalidInputError(f"schedule id {remove!r} is not a number")
+        triggers_service.delete_schedule(session, actor, name, int(remove))
+        notice = "Schedule deleted"
+    else:
+        body = _validated(
+            ScheduleCreate, cron=field(form, "cron"), branch=field(form, "branch") or None
+        )
+        triggers_service.create_schedule(session, settings, actor, name, body, utcnow())
+        notice = "Schedule added"
+    _audit(session, request, actor, "schedule.change", "project", name)
+    return redirect(request, _project_path(name, "/settings"), notice)
+
+
+@router.post("/ui/projects/{name}/notifications")
+def change_notifications(
+    request: Request,
+    name: str,
+    form: Form,
+    actor: PageActor,
+    session: DbSession,
+    settings: AppSettings,
+) -> Response:
+    action = field(form, "action")
+    hook = field(form, "hook")
+    if action in ("delete", "test") and not hook.isdigit():
+        raise InvalidInputError(f"notification id {hook!r} is not a number")
+    if action == "delete":
+        notifications_service.delete_hook(session, actor, name, int(hook))
+        notice = "Notification deleted"
+    elif action == "test":
+        delivery = notifications_service.send_test(
+            session, settings, actor, name, int(hook), utcnow()
+        )
+        notice = (
+            f"Test sent: {delivery.status}"
+            + (f" (HTTP {delivery.response_code})" if delivery.response_code else "")
+            + (f": {delivery.error}" if delivery.error else "")
+        )
+    else:
+        body = _validated(
+            HookCreate,
+            kind=field(form, "kind"),
+            target=field(form, "target"),
+            triggers=form.get("triggers") or [],
+        )
+        notifications_service.create_hook(session, settings, actor, name, body)
+        notice = "Notification added"
+    _audit(session, request, actor, f"notification.{action or 'create'}", "project", name)
     return redirect(request, _project_path(name, "/settings"), notice)
 
 
@@ -565,3 +640,14 @@ def update_user(
     if shown is not None:
         return _users_render(request, session, shown)
     return redirect(request, "/ui/users", f"{user.name} updated")
+
+
+@router.get("/ui/{unknown:path}")
+def unknown_page(request: Request, unknown: str, actor: PageActor) -> Response:
+    """Any other address under /ui/: a page saying so, not the API's JSON."""
+    return render(
+        request,
+        "error.html",
+        {"title": "No such page", "message": "There is no page at this address."},
+        status_code=404,
+    )

@@ -181,7 +181,10 @@
       }
       this.total = Math.max(this.total, start + lines.length);
       this.counted();
-      if (this.built && this.follow.checked) this.jump(this.total, false);
+      if (this.built && this.follow.checked) {
+        this.scroller.scrollTop = this.scroller.scrollHeight;
+        this.draw();
+      }
     }
 
     async search(query) {
