@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from conveyor.protocol.status import Status
 from conveyor.server.agents import service
+from conveyor.server.db import dialect
 from conveyor.server.models import Agent, Job, Step
 from conveyor.server.runs import state
 from tests.server.agents.queue import (
@@ -365,13 +366,22 @@ class TestHeartbeatAndCancel:
         assert beat.json()["cancel"] == [job.id]
 
 
+def _as_writer(session: Session) -> Session:
+    """End the session's read snapshot and start a writer transaction, as the server's
+    own reaper does: on SQLite a read-then-write racing the server's writes would fail."""
+    session.commit()
+    bind = session.get_bind()
+    session.connection(execution_options=dialect.write_transaction_options(bind.engine))
+    return session
+
+
 class TestExpiredLeases:
     def test_expired_lease_requeues_while_attempts_remain(
         self, http: httpx.Client, db_session: Session
     ) -> None:
         job, _, _, _ = _claimed(http, db_session)
         later = datetime.now(UTC) + timedelta(minutes=5)
-        assert service.release_expired_leases(db_session, now=later) == [job.id]
+        assert service.release_expired_leases(_as_writer(db_session), now=later) == [job.id]
         db_session.commit()
         stored = _fresh(db_session, job.id)
         assert stored.status is Status.QUEUED and stored.lease_id is None
@@ -385,7 +395,7 @@ class TestExpiredLeases:
         _, token = add_agent(db_session, "a")
         claim(http, token)
         later = datetime.now(UTC) + timedelta(minutes=5)
-        service.release_expired_leases(db_session, now=later)
+        service.release_expired_leases(_as_writer(db_session), now=later)
         db_session.commit()
         stored = _fresh(db_session, job.id)
         assert stored.status is Status.ERROR and stored.error_message == "agent a lost"
