@@ -238,3 +238,36 @@ class TestExecDocker:
         assert done.returncode == 2, done.stdout + done.stderr
         assert "conveyor-test/not-here:1" in done.stdout
         assert "change `image:` in .conveyor.yml" in done.stdout
+
+
+# Run as `python -m conveyor` is, reporting at exit which modules of the server the
+# process had imported.
+REPORT_SERVER_MODULES = """\
+import atexit, pathlib, sys
+report = pathlib.Path(sys.argv.pop(1))
+atexit.register(lambda: report.write_text(
+    "\\n".join(m for m in sys.modules if m == "conveyor.server" or m.startswith("conveyor.server."))
+))
+from conveyor.cli.main import app
+app(prog_name="conveyor")
+"""
+
+
+class TestExecImports:
+    def test_a_run_never_imports_the_server(
+        self, make_repo: Callable[..., Repo], tmp_path: Path
+    ) -> None:
+        # `conveyor exec` runs on developers' machines: the server (FastAPI, the
+        # database layer, the models) is weight it must not carry, nor break with.
+        repo = make_repo({".conveyor.yml": "steps: [{name: t, commands: ['true']}]\n"})
+        report = tmp_path / "server-modules.txt"
+        done = subprocess.run(
+            [sys.executable, "-c", REPORT_SERVER_MODULES, str(report), "exec", "-b", "local"],
+            cwd=repo.path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "step 1/1: t" in done.stdout
+        assert report.read_text() == ""

@@ -7,7 +7,7 @@ import hashlib
 from sqlalchemy import select
 from typer.testing import CliRunner
 
-from conveyor.cli.tokens import app
+from conveyor.cli.tokens import ScopeChoice, app
 from conveyor.cli.users import app as users_app
 from conveyor.server.db.engine import create_database_engine, create_session_factory
 from conveyor.server.models import ApiToken, TokenScope
@@ -63,3 +63,8 @@ class TestCreate:
         result = CliRunner().invoke(app, ["create", "--user", "ghost"], env=settings_environment)
         assert result.exit_code == 1
         assert "no user named 'ghost'" in result.output
+
+
+class TestScopeChoice:
+    def test_offers_exactly_the_token_scopes(self) -> None:
+        assert [choice.value for choice in ScopeChoice] == [scope.value for scope in TokenScope]

@@ -11,7 +11,6 @@ import typer
 from conveyor.cli.users import database_session
 
 
-
 class ScopeChoice(StrEnum):
     """The values of `TokenScope`, spelled out here: the option's choices are built when
     any `conveyor` command starts, and `conveyor exec` must not import the server's

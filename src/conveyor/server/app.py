@@ -23,7 +23,7 @@ from conveyor.server.badges import routes as badges_routes
 from conveyor.server.config import Settings
 from conveyor.server.db import dialect
 from conveyor.server.db.engine import create_database_engine, create_session_factory
-from conveyor.server.db.migrate import upgrade_engine
+from conveyor.server.db.migrate import upgrade_engine_in_subprocess
 from conveyor.server.errors import ConveyorError
 from conveyor.server.logs import routes as logs_routes
 from conveyor.server.notifications import routes as notifications_routes
@@ -61,7 +61,7 @@ def _error_body(code: str, message: str, detail: Any = None) -> dict[str, Any]:
 
 def _prepare_database(app: FastAPI) -> None:
     settings: Settings = app.state.settings
-    upgrade_engine(app.state.engine)
+    upgrade_engine_in_subprocess(app.state.engine)
     with app.state.session_factory.begin() as session:
         password = users_service.ensure_first_admin(session)
     if password is not None:

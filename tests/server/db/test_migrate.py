@@ -1,16 +1,21 @@
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, inspect
 
 from conveyor.server.db.base import Base
 from conveyor.server.db.engine import create_database_engine
 from conveyor.server.db.migrate import (
+    alembic_config,
     current_revision_is_head,
     downgrade_engine,
+    head_revisions,
     upgrade_database,
     upgrade_engine,
 )
@@ -82,3 +87,36 @@ class TestSqliteLocation:
         url = f"sqlite:///{tmp_path / 'not' / 'yet' / 'conveyor.db'}"
         upgrade_database(url)
         assert (tmp_path / "not" / "yet" / "conveyor.db").is_file()
+
+
+class TestHeadRevisions:
+    def test_are_the_heads_alembic_finds(self) -> None:
+        assert head_revisions() == set(ScriptDirectory.from_config(alembic_config()).get_heads())
+
+
+class TestUpgradeEngineInSubprocess:
+    def test_upgrades_a_fresh_database_without_importing_alembic_here(
+        self, fresh_database_url: str
+    ) -> None:
+        # A process of its own, since this one imported Alembic long ago: the server's
+        # start must leave Alembic out of the server.
+        code = (
+            "import sys\n"
+            "from conveyor.server.db.engine import create_database_engine\n"
+            "from conveyor.server.db.migrate import current_revision_is_head, "
+            "upgrade_engine_in_subprocess\n"
+            "engine = create_database_engine(sys.stdin.read())\n"
+            "upgrade_engine_in_subprocess(engine)\n"
+            "assert current_revision_is_head(engine)\n"
+            "upgrade_engine_in_subprocess(engine)\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('alembic', 'mako')))\n"
+        )
+        done = subprocess.run(
+            [sys.executable, "-c", code],
+            input=fresh_database_url,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip() == "[]"

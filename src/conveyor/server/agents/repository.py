@@ -137,3 +137,73 @@ def lock_job(session: Session, job_id: int) -> Job | None:
 
 def step_of(session: Session, job_id: int, index: int) -> Step | None:
     return session.scalars(select(Step).where(Step.job_id == job_id, Step.index == index)).first()
+
+
+def leased_job_counts(session: Session) -> dict[int, int]:
+    """Per agent id, the jobs holding one of its slots (as `leased_job_count`)."""
+    statement = (
+        select(Job.agent_id, func.count())
+        .where(Job.agent_id.is_not(None), Job.lease_id.is_not(None))
+        .group_by(Job.agent_id)
+    )
+    return {int(agent_id or 0): int(count) for agent_id, count in session.execute(statement)}
+
+
+def running_job_counts(session: Session) -> dict[int, int]:
+    """Per agent id, its jobs whose status is `running`."""
+    statement = (
+        select(Job.agent_id, func.count())
+        .where(Job.agent_id.is_not(None), Job.status == Status.RUNNING)
+        .group_by(Job.agent_id)
+    )
+    return {int(agent_id or 0): int(count) for agent_id, count in session.execute(statement)}
+
+
+def leased_jobs_of_agent(session: Session, agent_id: int) -> list[Job]:
+    """The jobs the agent holds a lease on, locked for this transaction."""
+    statement = dialect.lock_for_claim(
+        select(Job).where(Job.agent_id == agent_id, Job.lease_id.is_not(None)),
+        skip_locked=False,
+    )
+    return list(session.scalars(statement.order_by(Job.id)))
+
+
+def project_limits_of_jobs(
+    session: Session, job_ids: Sequence[int]
+) -> dict[int, tuple[int, int | None]]:
+    """Per job id: its project's id and concurrency limit."""
+    if not job_ids:
+        return {}
+    statement = (
+        select(Job.id, Run.project_id, Project.concurrency_limit)
+        .join(Run, Run.id == Job.run_id)
+        .join(Project, Project.id == Run.project_id)
+        .where(Job.id.in_(job_ids))
+    )
+    return {row[0]: (row[1], row[2]) for row in session.execute(statement)}
+
+
+def running_job_counts_of_projects(session: Session, project_ids: Sequence[int]) -> dict[int, int]:
+    if not project_ids:
+        return {}
+    statement = (
+        select(Run.project_id, func.count())
+        .select_from(Job)
+        .join(Run, Run.id == Job.run_id)
+        .where(Run.project_id.in_(project_ids), Job.status == Status.RUNNING)
+        .group_by(Run.project_id)
+    )
+    return {int(project_id): int(count) for project_id, count in session.execute(statement)}
+
+
+def first_queued_jobs_of_runs(session: Session, run_ids: Sequence[int]) -> list[Job]:
+    """For each of the runs, its queued job with the lowest id (if any)."""
+    if not run_ids:
+        return []
+    statement = (
+        select(Job).where(Job.run_id.in_(run_ids), Job.status == Status.QUEUED).order_by(Job.id)
+    )
+    first: dict[int, Job] = {}
+    for job in session.scalars(statement):
+        first.setdefault(job.run_id, job)
+    return list(first.values())

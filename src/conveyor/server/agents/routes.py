@@ -27,14 +27,28 @@ from conveyor.protocol.agents import (
     UploadState,
 )
 from conveyor.server.agents import repository, service
-from conveyor.server.agents.schemas import AgentCreate, AgentCreated, AgentRead
+from conveyor.server.agents.schemas import (
+    AgentCreate,
+    AgentCreated,
+    AgentDeleted,
+    AgentRead,
+    JobWaiting,
+)
 from conveyor.server.artifacts import service as artifacts_service
+from conveyor.server.audit import service as audit
 from conveyor.server.config import Settings
-from conveyor.server.deps import AppSettings, CurrentActor, DbSession
+from conveyor.server.deps import (
+    AppSettings,
+    CurrentActor,
+    DbSession,
+    RequestActor,
+    remote_address,
+)
 from conveyor.server.errors import NotAuthenticatedError
 from conveyor.server.events import EventBus
 from conveyor.server.logs import service as logs_service
 from conveyor.server.models.agent import Agent
+from conveyor.server.users.authorization import Actor
 
 router = APIRouter(prefix="/api/v1", tags=["agents"])
 
@@ -82,6 +96,18 @@ LeaseId = Annotated[str | None, Header(alias=LEASE_HEADER)]
 # --- administration ----------------------------------------------------------------------
 
 
+def _audit(session: Session, request: Request, actor: Actor, action: str, agent_id: int) -> None:
+    audit.record(
+        session,
+        actor_id=actor.user_id,
+        actor_name=actor.name,
+        action=action,
+        target_type="agent",
+        target_id=agent_id,
+        remote_address=remote_address(request),
+    )
+
+
 @router.post("/agents", response_model=AgentCreated, status_code=status.HTTP_201_CREATED)
 def create_agent(body: AgentCreate, actor: CurrentActor, session: DbSession) -> AgentCreated:
     agent, token = service.create_agent(session, actor, body.name)
@@ -89,13 +115,71 @@ def create_agent(body: AgentCreate, actor: CurrentActor, session: DbSession) -> 
 
 
 @router.get("/agents", response_model=list[AgentRead])
-def list_agents(actor: CurrentActor, session: DbSession) -> list[AgentRead]:
-    return [AgentRead.model_validate(agent) for agent in service.list_agents(session, actor)]
+def list_agents(actor: CurrentActor, session: DbSession, settings: AppSettings) -> list[AgentRead]:
+    return service.describe_agents(session, settings, service.list_agents(session, actor))
 
 
 @router.get("/agents/{agent_id}", response_model=AgentRead)
-def read_agent(agent_id: int, actor: CurrentActor, session: DbSession) -> AgentRead:
-    return AgentRead.model_validate(service.get_agent(session, actor, agent_id))
+def read_agent(
+    agent_id: int, actor: CurrentActor, session: DbSession, settings: AppSettings
+) -> AgentRead:
+    (read,) = service.describe_agents(
+        session, settings, [service.get_agent(session, actor, agent_id)]
+    )
+    return read
+
+
+@router.post("/agents/{agent_id}/disable", response_model=AgentRead)
+def disable_agent(
+    agent_id: int,
+    request: Request,
+    actor: CurrentActor,
+    session: DbSession,
+    settings: AppSettings,
+) -> AgentRead:
+    """The agent finishes the jobs it runs and claims no more."""
+    agent = service.set_enabled(session, actor, agent_id, enabled=False)
+    _audit(session, request, actor, "agent.disable", agent.id)
+    (read,) = service.describe_agents(session, settings, [agent])
+    return read
+
+
+@router.post("/agents/{agent_id}/enable", response_model=AgentRead)
+def enable_agent(
+    agent_id: int,
+    request: Request,
+    actor: CurrentActor,
+    session: DbSession,
+    settings: AppSettings,
+) -> AgentRead:
+    agent = service.set_enabled(session, actor, agent_id, enabled=True)
+    _audit(session, request, actor, "agent.enable", agent.id)
+    (read,) = service.describe_agents(session, settings, [agent])
+    return read
+
+
+@router.delete("/agents/{agent_id}", response_model=AgentDeleted)
+def delete_agent(
+    agent_id: int,
+    request: Request,
+    actor: CurrentActor,
+    session: DbSession,
+    force: Annotated[bool, Query()] = False,
+) -> AgentDeleted:
+    """409 `agent_busy` while the agent holds jobs, unless `?force=true`, which puts
+    its running jobs back in the queue."""
+    agent, requeued = service.delete_agent(session, actor, agent_id, force=force)
+    _audit(session, request, actor, "agent.delete", agent_id)
+    return AgentDeleted(id=agent_id, name=agent.name, requeued_jobs=requeued)
+
+
+@router.get("/jobs/{job_id}/waiting", response_model=JobWaiting)
+def job_waiting(
+    job_id: int, actor: RequestActor, session: DbSession, settings: AppSettings
+) -> JobWaiting:
+    """Why a queued job waits (`reason` is None once it left the queue)."""
+    job, reason = service.waiting_reason_of_job(session, settings, actor, job_id)
+    return JobWaiting(job_id=job.id, status=job.status, reason=reason)
 
 
 # --- the agent protocol ------------------------------------------------------------------

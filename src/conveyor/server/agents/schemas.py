@@ -4,8 +4,20 @@
 from __future__ import annotations
 
 from datetime import datetime
+from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from conveyor.protocol.status import Status
+
+
+class AgentStatus(StrEnum):
+    ONLINE = "online"
+    """Enabled, and heard from (heartbeat or claim) within the lease duration."""
+    OFFLINE = "offline"
+    """Enabled, but silent for longer than the lease duration (or never registered)."""
+    DISABLED = "disabled"
+    """Takes no new jobs; finishes the ones it runs."""
 
 
 class AgentCreate(BaseModel):
@@ -27,6 +39,24 @@ class AgentRead(BaseModel):
     enabled: bool
     created_at: datetime
     last_heartbeat_at: datetime | None
+    """The last heartbeat or claim of the agent."""
+    status: AgentStatus = AgentStatus.OFFLINE
+    running_jobs: int = 0
+    """Its jobs whose status is `running` (counted, not the agent's own tally)."""
+
+
+class AgentDeleted(BaseModel):
+    id: int
+    name: str
+    requeued_jobs: list[int]
+    """Jobs it was running, put back in the queue (`?force=true` only)."""
+
+
+class JobWaiting(BaseModel):
+    job_id: int
+    status: Status
+    reason: str | None
+    """Why the job is still queued, in words; None when it is not queued."""
 
 
 class AgentCreated(AgentRead):

@@ -13,12 +13,17 @@ Rules that are not obvious:
   changes anything.
 - A lease that runs out (agent lost) puts the job back in the queue while attempts
   remain, else ends it in `error`.
+- An agent is online when it was heard from (heartbeat or claim) within the lease
+  duration: past that, the lease reaper treats its jobs as lost, so the status says
+  the same as the reaper does. A disabled agent claims nothing and finishes what it
+  runs; a deleted one's running jobs (only with `force`) go back to the queue.
 """
 
 from __future__ import annotations
 
 import hashlib
 import secrets
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 from sqlalchemy.orm import Session
@@ -37,6 +42,7 @@ from conveyor.protocol.agents import (
 )
 from conveyor.protocol.status import Status
 from conveyor.server.agents import repository
+from conveyor.server.agents.schemas import AgentRead, AgentStatus
 from conveyor.server.config import Settings
 from conveyor.server.db.base import utcnow
 from conveyor.server.errors import (
@@ -53,7 +59,7 @@ from conveyor.server.models.run import Run
 from conveyor.server.models.step import Step
 from conveyor.server.runs import state
 from conveyor.server.secrets import service as secrets_service
-from conveyor.server.users.authorization import Actor
+from conveyor.server.users.authorization import Action, Actor, authorize
 
 AGENT_TOKEN_MARKER = "cva"  # noqa: S105  (the public start of agent tokens, not a secret)
 
@@ -88,6 +94,10 @@ class StepNotFoundError(NotFoundError):
 
 class InvalidReportError(InvalidInputError):
     code = "invalid_report"
+
+
+class AgentBusyError(ConflictError):
+    code = "agent_busy"
 
 
 # --- accounts --------------------------------------------------------------------------
@@ -162,6 +172,71 @@ def get_agent(session: Session, actor: Actor, agent_id: int) -> Agent:
     return agent
 
 
+def agent_status(settings: Settings, agent: Agent, now: datetime) -> AgentStatus:
+    if not agent.enabled:
+        return AgentStatus.DISABLED
+    heard = agent.last_heartbeat_at
+    if heard is not None and now - heard <= timedelta(seconds=settings.lease_seconds):
+        return AgentStatus.ONLINE
+    return AgentStatus.OFFLINE
+
+
+def describe_agents(
+    session: Session, settings: Settings, agents: Sequence[Agent], *, now: datetime | None = None
+) -> list[AgentRead]:
+    """The agents as the API shows them, with their status and running jobs."""
+    now = now or utcnow()
+    running = repository.running_job_counts(session)
+    return [
+        AgentRead.model_validate(agent).model_copy(
+            update={
+                "status": agent_status(settings, agent, now),
+                "running_jobs": running.get(agent.id, 0),
+            }
+        )
+        for agent in agents
+    ]
+
+
+def set_enabled(session: Session, actor: Actor, agent_id: int, *, enabled: bool) -> Agent:
+    """Enable or disable an agent. A disabled agent claims nothing more; the jobs it
+    runs go on to their end and its reports are taken as before."""
+    require_agent_admin(actor, writing=True)
+    agent = get_agent(session, actor, agent_id)
+    agent.enabled = enabled
+    session.flush()
+    return agent
+
+
+def delete_agent(
+    session: Session, actor: Actor, agent_id: int, *, force: bool = False
+) -> tuple[Agent, list[int]]:
+    """Delete an agent (its token stops working). While it holds jobs this is refused
+    (409), unless `force`: its running jobs then go back to the queue and jobs that
+    ended on the server (cancelled) lose their lease. Returns the agent and the ids
+    of the requeued jobs."""
+    require_agent_admin(actor, writing=True)
+    agent = get_agent(session, actor, agent_id)
+    held = repository.leased_jobs_of_agent(session, agent.id)
+    if held and not force:
+        raise AgentBusyError(
+            f"agent {agent.name!r} still runs {len(held)} job(s) "
+            f"({', '.join(str(job.id) for job in held)}); disable it and delete it once "
+            "they end, or delete with ?force=true to put them back in the queue",
+            detail={"agent_id": agent.id, "job_ids": [job.id for job in held]},
+        )
+    requeued: list[int] = []
+    for job in held:
+        if job.status is Status.RUNNING:
+            state.requeue_job(session, job, reason=f"agent {agent.name} deleted")
+            requeued.append(job.id)
+        else:
+            state.release_job(session, job)
+    session.delete(agent)
+    session.flush()
+    return agent, requeued
+
+
 def authenticate(session: Session, token: str) -> Agent:
     agent = repository.agent_by_token_hash(session, hash_agent_token(token))
     if agent is None:
@@ -215,6 +290,8 @@ def claim(
     if wanted > 0:
         taken = _take_jobs(session, settings, agent, wanted, now)
     agent.running = held + len(taken)
+    # A claim is a sign of life as good as a heartbeat (see `agent_status`).
+    agent.last_heartbeat_at = now
     session.flush()
     specs = [job_spec(session, settings, job) for job in taken]
     return ClaimResponse(jobs=specs, cancel=cancel)
@@ -301,6 +378,86 @@ def job_project(session: Session, job: Job) -> Project:
     project = session.get(Project, run.project_id)
     assert project is not None  # runs are deleted with their project
     return project
+
+
+# --- why jobs wait ----------------------------------------------------------------------
+
+
+def explain_waiting(
+    session: Session, settings: Settings, jobs: Sequence[Job], *, now: datetime | None = None
+) -> dict[int, str]:
+    """For each queued job among `jobs` (others are left out), why it waits, in words.
+    The first reason that holds, in the order the claim checks them:
+
+    - "no online agent has labels X, Y" (or "no agent is online" for a job without
+      labels): no enabled agent heard from within the lease carries all its labels;
+    - "project concurrency limit reached (N of N running)";
+    - "all matching agents are full (N running of N)": every online agent with its
+      labels has no free slot;
+    - "waiting for an agent to claim it": a matching agent has a free slot, so the
+      job goes on its next claim (or after jobs of higher priority).
+    """
+    queued = [job for job in jobs if job.status is Status.QUEUED]
+    if not queued:
+        return {}
+    now = now or utcnow()
+    online = [
+        agent
+        for agent in repository.list_agents(session)
+        if agent_status(settings, agent, now) is AgentStatus.ONLINE
+    ]
+    held = repository.leased_job_counts(session)
+    projects = repository.project_limits_of_jobs(session, [job.id for job in queued])
+    running_in_project = repository.running_job_counts_of_projects(
+        session, sorted({project_id for project_id, _ in projects.values()})
+    )
+    reasons: dict[int, str] = {}
+    for job in queued:
+        wanted = set(job.labels or [])
+        matching = [agent for agent in online if wanted <= set(agent.labels or [])]
+        project_id, limit = projects.get(job.id, (0, None))
+        running = running_in_project.get(project_id, 0)
+        if not matching:
+            reasons[job.id] = (
+                f"no online agent has labels {', '.join(sorted(wanted))}"
+                if wanted
+                else "no agent is online"
+            )
+        elif limit is not None and running >= limit:
+            reasons[job.id] = f"project concurrency limit reached ({running} of {limit} running)"
+        elif all(held.get(agent.id, 0) >= agent.capacity for agent in matching):
+            busy = sum(held.get(agent.id, 0) for agent in matching)
+            slots = sum(agent.capacity for agent in matching)
+            reasons[job.id] = f"all matching agents are full ({busy} running of {slots})"
+        else:
+            reasons[job.id] = "waiting for an agent to claim it"
+    return reasons
+
+
+def explain_waiting_runs(
+    session: Session, settings: Settings, run_ids: Sequence[int]
+) -> dict[int, str]:
+    """Per run id, why the first queued job of the run waits (runs without a queued
+    job are left out)."""
+    firsts = repository.first_queued_jobs_of_runs(session, run_ids)
+    reasons = explain_waiting(session, settings, firsts)
+    return {job.run_id: reasons[job.id] for job in firsts if job.id in reasons}
+
+
+def waiting_reason_of_job(
+    session: Session, settings: Settings, actor: Actor, job_id: int
+) -> tuple[Job, str | None]:
+    """The job and why it waits (None when it is not queued), for an actor who may
+    read its project."""
+    job = session.get(Job, job_id)
+    project = job_project(session, job) if job is not None else None
+    if job is None or project is None:
+        raise JobNotFoundError(
+            f"there is no job {job_id}; GET /api/v1/runs/{{run_id}} lists the jobs of a run",
+            detail={"job_id": job_id},
+        )
+    authorize(actor, project, Action.READ)
+    return job, explain_waiting(session, settings, [job]).get(job.id)
 
 
 # --- leases ------------------------------------------------------------------------------

@@ -1,13 +1,16 @@
 """Alembic, driven from code: no alembic.ini is needed at run time.
 
-Alembic (with Mako) is imported only when a migration has to run: a server checks at
-every start, and every `/readyz`, that its database is at the newest revision, and it
-usually is, so the check reads the revision table and the scripts' revision lines itself.
-Imported for nothing, Alembic would stay in the server's memory (about 10 MiB)."""
+Alembic (with Mako) is imported only when a migration has to run, and the server runs
+its migrations in a child process: once imported, Alembic stays in a process's memory
+(about 10 MiB) for good. The check that a database is at the newest revision, made at
+every start and every `/readyz`, reads the revision table and the scripts' revision
+lines itself."""
 
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -54,6 +57,36 @@ def upgrade_engine(engine: Engine, revision: str = "head") -> None:
         command.upgrade(alembic_config(connection), revision)
 
 
+def upgrade_engine_in_subprocess(engine: Engine) -> None:
+    """`upgrade_engine` to the newest revision for a long-running process (the server):
+    when a migration is due, Alembic runs in a child process and never enters this one.
+    An in-memory SQLite database exists only here, and is upgraded here."""
+    if current_revision_is_head(engine):
+        return
+    if engine.url.get_backend_name() == "sqlite" and engine.url.database in (None, "", ":memory:"):
+        upgrade_engine(engine)
+        return
+    # The URL (with its password) goes through stdin, not the command line or the
+    # environment, where other users of the machine could read it.
+    child = subprocess.run(
+        [sys.executable, "-c", _UPGRADE_IN_CHILD],
+        input=engine.url.render_as_string(hide_password=False),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if child.returncode != 0:
+        raise RuntimeError(
+            f"migrating the database failed (exit status {child.returncode}):\n{child.stderr}"
+        )
+
+
+_UPGRADE_IN_CHILD = (
+    "import sys; from conveyor.server.db.migrate import upgrade_database; "
+    "upgrade_database(sys.stdin.read())"
+)
+
+
 def downgrade_engine(engine: Engine, revision: str) -> None:
     from alembic import command
 
@@ -96,7 +129,7 @@ def _module_constants(script: Path) -> dict[str, object]:
             if isinstance(target, ast.Name):
                 try:
                     constants[target.id] = ast.literal_eval(value)
-                except ValueError:
+                except (ValueError, TypeError):
                     continue  # not a literal, such as a column type: not a revision
     return constants
 

@@ -121,9 +121,11 @@ def list_runs(
 
 
 @router.get("/runs/{run_id}", response_model=RunDetail)
-def read_run(run_id: int, session: DbSession, actor: RequestActor) -> RunDetail:
+def read_run(
+    run_id: int, session: DbSession, actor: RequestActor, settings: AppSettings
+) -> RunDetail:
     run, project = runs_service.get_run_for(session, actor, run_id, Action.READ)
-    return runs_service.describe_run(session, run, project)
+    return runs_service.describe_run(session, run, project, settings=settings)
 
 
 @router.post("/runs/{run_id}/cancel", response_model=RunDetail)

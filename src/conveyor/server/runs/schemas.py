@@ -81,6 +81,9 @@ class JobRead(BaseModel):
     duration_seconds: float | None
     error_message: str | None
     steps: list[StepRead]
+    waiting_reason: str | None = None
+    """Why a queued job waits (no matching agent online, agents full, the project's
+    concurrency limit, or just its turn); None for jobs not queued."""
 
 
 class RunSummary(BaseModel):

@@ -36,6 +36,7 @@ from conveyor.pipeline import (
 )
 from conveyor.pipeline.plan import JobPlan, StepPlan
 from conveyor.protocol.status import Status
+from conveyor.server.agents import service as agents_service
 from conveyor.server.config import Settings
 from conveyor.server.db.base import utcnow
 from conveyor.server.errors import ConflictError, InvalidInputError, NotFoundError
@@ -362,9 +363,14 @@ def get_run_for(session: Session, actor: Actor, run_id: int, action: Action) -> 
     return run, project
 
 
-def describe_run(session: Session, run: Run, project: Project) -> RunDetail:
+def describe_run(
+    session: Session, run: Run, project: Project, *, settings: Settings | None = None
+) -> RunDetail:
+    """The run with its jobs and steps; with `settings`, queued jobs also say why they
+    wait (`waiting_reason`)."""
     runs = RunRepository(session)
     jobs = runs.jobs_of_run(run.id)
+    waiting = agents_service.explain_waiting(session, settings, jobs) if settings else {}
     steps_by_job: dict[int, list[StepRead]] = {job.id: [] for job in jobs}
     for step in runs.steps_of_jobs([job.id for job in jobs]):
         steps_by_job[step.job_id].append(
@@ -405,6 +411,7 @@ def describe_run(session: Session, run: Run, project: Project) -> RunDetail:
                 ),
                 error_message=job.error_message,
                 steps=steps_by_job[job.id],
+                waiting_reason=waiting.get(job.id),
             )
             for job in jobs
         ],

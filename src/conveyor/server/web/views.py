@@ -175,9 +175,14 @@ def sign_out(request: Request, form: Form, settings: AppSettings) -> Response:
 
 
 @router.get("/")
-def dashboard(request: Request, actor: PageActor, session: DbSession) -> Response:
+def dashboard(
+    request: Request, actor: PageActor, session: DbSession, settings: AppSettings
+) -> Response:
     _signed_in(actor)
     tasks = runs_service.tasks(session, actor, RunFilter())
+    waiting = agents_service.explain_waiting_runs(
+        session, settings, [task.run_id for task in tasks.queued]
+    )
     recent = runs_service.list_runs(session, actor, RunFilter(), page=1, per_page=RECENT_RUNS)
     projects = projects_service.list_projects(session, actor)
     latest: dict[str, Any] = {}
@@ -190,6 +195,7 @@ def dashboard(request: Request, actor: PageActor, session: DbSession) -> Respons
             "title": "Dashboard",
             "active": tasks.active,
             "queued": tasks.queued,
+            "waiting": waiting,
             "projects": projects,
             "latest": latest,
             "recent": recent.items,
@@ -504,9 +510,11 @@ def change_notifications(
 
 
 @router.get("/ui/runs/{run_id}")
-def run_page(request: Request, run_id: int, actor: PageActor, session: DbSession) -> Response:
+def run_page(
+    request: Request, run_id: int, actor: PageActor, session: DbSession, settings: AppSettings
+) -> Response:
     run, project = runs_service.get_run_for(session, actor, run_id, Action.READ)
-    detail = runs_service.describe_run(session, run, project)
+    detail = runs_service.describe_run(session, run, project, settings=settings)
     artifacts = artifacts_service.run_artifacts(session, actor, run_id)
     return render(
         request,
@@ -547,17 +555,27 @@ def retry_run(
 # --- agents and users (administrators) -------------------------------------------------
 
 
+def _agent_rows(session: DbSession, settings: AppSettings, actor: Actor) -> list[Any]:
+    return agents_service.describe_agents(
+        session, settings, agents_service.list_agents(session, actor)
+    )
+
+
 @router.get("/ui/agents")
-def agents_page(request: Request, actor: PageActor, session: DbSession) -> Response:
-    agents = agents_service.list_agents(session, _signed_in(actor))
+def agents_page(
+    request: Request, actor: PageActor, session: DbSession, settings: AppSettings
+) -> Response:
+    agents = _agent_rows(session, settings, _signed_in(actor))
     return render(request, "agents.html", {"title": "Agents", "agents": agents, "token": None})
 
 
 @router.post("/ui/agents")
-def create_agent(request: Request, form: Form, actor: PageActor, session: DbSession) -> Response:
+def create_agent(
+    request: Request, form: Form, actor: PageActor, session: DbSession, settings: AppSettings
+) -> Response:
     agent, token = agents_service.create_agent(session, actor, field(form, "name"))
     _audit(session, request, actor, "agent.create", "agent", agent.id)
-    agents = agents_service.list_agents(session, actor)
+    agents = _agent_rows(session, settings, actor)
     # The token is shown once, on this response, never stored in clear.
     return render(
         request,
@@ -565,6 +583,18 @@ def create_agent(request: Request, form: Form, actor: PageActor, session: DbSess
         {"title": "Agents", "agents": agents, "token": token, "created": agent.name},
         status_code=201,
     )
+
+
+@router.post("/ui/agents/{agent_id}/{change}")
+def change_agent(
+    request: Request, agent_id: int, change: str, form: Form, actor: PageActor, session: DbSession
+) -> Response:
+    """Disable (it finishes what it runs and takes no more) or enable an agent."""
+    if change not in ("disable", "enable"):
+        raise InvalidInputError(f"unknown change {change!r}; use disable or enable")
+    agent = agents_service.set_enabled(session, actor, agent_id, enabled=change == "enable")
+    _audit(session, request, actor, f"agent.{change}", "agent", agent.id)
+    return redirect(request, "/ui/agents", f"Agent {agent.name} {change}d")
 
 
 @router.get("/ui/users")
