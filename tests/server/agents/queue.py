@@ -72,11 +72,22 @@ def queue_job(
 
 
 def add_agent(
-    session: Session, name: str, *, labels: list[str] | None = None, capacity: int = 1
+    session: Session,
+    name: str,
+    *,
+    labels: list[str] | None = None,
+    capacity: int = 1,
+    last_heartbeat_at: datetime | None = None,
+    enabled: bool = True,
 ) -> tuple[Agent, str]:
     token = new_agent_token()
     agent = Agent(
-        name=name, labels=labels or [], capacity=capacity, token_hash=hash_agent_token(token)
+        name=name,
+        labels=labels or [],
+        capacity=capacity,
+        token_hash=hash_agent_token(token),
+        last_heartbeat_at=last_heartbeat_at,
+        enabled=enabled,
     )
     session.add(agent)
     session.commit()

@@ -262,7 +262,7 @@ class TestLeaseChecks:
         self, http: httpx.Client, db_session: Session
     ) -> None:
         job, lease, token, _ = _claimed(http, db_session)
-        stored = _fresh(db_session, job.id)
+        stored = _fresh(_as_writer(db_session), job.id)
         stored.lease_expires_at = datetime.now(UTC) - timedelta(seconds=1)
         db_session.commit()
         response = http.post(
@@ -271,7 +271,9 @@ class TestLeaseChecks:
             headers=agent_headers(token, lease),
         )
         assert response.status_code == 409
-        assert _fresh(db_session, job.id).status is Status.RUNNING
+        # The report changed nothing; the server's own lease reaper may meanwhile have
+        # put the job back in the queue, which is what an expired lease calls for.
+        assert _fresh(db_session, job.id).status in (Status.RUNNING, Status.QUEUED)
 
     def test_unknown_job_is_404(self, http: httpx.Client, db_session: Session) -> None:
         _, token = add_agent(db_session, "a")
@@ -317,7 +319,7 @@ class TestReports:
 class TestHeartbeatAndCancel:
     def test_heartbeat_extends_the_lease(self, http: httpx.Client, db_session: Session) -> None:
         job, lease, token, agent = _claimed(http, db_session)
-        stored = _fresh(db_session, job.id)
+        stored = _fresh(_as_writer(db_session), job.id)
         stored.lease_expires_at = datetime.now(UTC) + timedelta(seconds=5)
         db_session.commit()
         response = http.post(
@@ -336,7 +338,7 @@ class TestHeartbeatAndCancel:
         self, http: httpx.Client, db_session: Session
     ) -> None:
         job, lease, token, _ = _claimed(http, db_session)
-        state.cancel_job(db_session, _fresh(db_session, job.id))
+        state.cancel_job(db_session, _fresh(_as_writer(db_session), job.id))
         db_session.commit()
         beat = http.post(
             "/api/v1/agent/heartbeat",
@@ -404,3 +406,208 @@ class TestExpiredLeases:
         job, _, _, _ = _claimed(http, db_session)
         assert service.release_expired_leases(db_session) == []
         assert _fresh(db_session, job.id).status is Status.RUNNING
+
+
+def _as_admin(http: httpx.Client, db_session: Session) -> None:
+    add_user(db_session, "root", is_admin=True)
+    sign_in(http, "root")
+
+
+def _finish(http: httpx.Client, token: str, job_id: int, lease: str) -> httpx.Response:
+    return http.post(
+        f"/api/v1/agent/jobs/{job_id}/finish",
+        json={"status": "success"},
+        headers=agent_headers(token, lease),
+    )
+
+
+class TestDisableAndEnable:
+    def test_disabled_agent_finishes_its_running_job_and_claims_no_more(
+        self, http: httpx.Client, db_session: Session
+    ) -> None:
+        _as_admin(http, db_session)
+        project = add_project(db_session, "p")
+        first = queue_job(db_session, project, queued_at=minutes_ago(2))
+        second = queue_job(db_session, project, queued_at=minutes_ago(1))
+        agent, token = add_agent(db_session, "a", capacity=2)
+        (spec,) = claim(http, token, free_slots=1)["jobs"]  # type: ignore[misc]
+        disabled = http.post(f"/api/v1/agents/{agent.id}/disable")
+        assert disabled.status_code == 200, disabled.text
+        assert (disabled.json()["enabled"], disabled.json()["status"]) == (False, "disabled")
+        assert disabled.json()["running_jobs"] == 1
+        assert _job_ids(claim(http, token, free_slots=1)) == []
+        assert _finish(http, token, first.id, str(spec["lease_id"])).status_code == 200
+        assert _fresh(db_session, first.id).status is Status.SUCCESS
+        assert _fresh(db_session, second.id).status is Status.QUEUED
+
+    def test_enabled_again_it_claims_the_waiting_job(
+        self, http: httpx.Client, db_session: Session
+    ) -> None:
+        _as_admin(http, db_session)
+        project = add_project(db_session, "p")
+        job = queue_job(db_session, project)
+        agent, token = add_agent(db_session, "a", enabled=False)
+        assert _job_ids(claim(http, token)) == []
+        enabled = http.post(f"/api/v1/agents/{agent.id}/enable")
+        assert enabled.status_code == 200, enabled.text
+        assert enabled.json()["enabled"] is True
+        assert _job_ids(claim(http, token)) == [job.id]
+        assert http.get(f"/api/v1/agents/{agent.id}").json()["status"] == "online"
+
+    def test_only_admins_may_disable_and_unknown_agent_is_404(
+        self, http: httpx.Client, db_session: Session
+    ) -> None:
+        agent, _ = add_agent(db_session, "a")
+        add_user(db_session, "dev")
+        sign_in(http, "dev")
+        refused = http.post(f"/api/v1/agents/{agent.id}/disable")
+        assert refused.status_code == 403
+        assert refused.json()["error"]["code"] == "permission_denied"
+        _as_admin(http, db_session)
+        missing = http.post("/api/v1/agents/999999/enable")
+        assert missing.status_code == 404
+        assert missing.json()["error"]["code"] == "agent_not_found"
+        db_session.expire_all()
+        stored = db_session.get(Agent, agent.id)
+        assert stored is not None and stored.enabled is True
+
+
+class TestDeleteAgent:
+    def test_idle_agent_is_deleted_and_its_token_stops_working(
+        self, http: httpx.Client, db_session: Session
+    ) -> None:
+        _as_admin(http, db_session)
+        agent, token = add_agent(db_session, "a")
+        deleted = http.delete(f"/api/v1/agents/{agent.id}")
+        assert deleted.status_code == 200, deleted.text
+        assert deleted.json() == {"id": agent.id, "name": "a", "requeued_jobs": []}
+        assert http.get(f"/api/v1/agents/{agent.id}").status_code == 404
+        refused = http.post(
+            "/api/v1/agent/claim", json={"free_slots": 1, "wait": 0}, headers=agent_headers(token)
+        )
+        assert refused.status_code == 401
+
+    def test_agent_running_a_job_is_not_deleted_without_force(
+        self, http: httpx.Client, db_session: Session
+    ) -> None:
+        _as_admin(http, db_session)
+        job, _, _, agent = _claimed(http, db_session)
+        refused = http.delete(f"/api/v1/agents/{agent.id}")
+        assert refused.status_code == 409
+        error = refused.json()["error"]
+        assert error["code"] == "agent_busy" and error["detail"]["job_ids"] == [job.id]
+        assert "force=true" in error["message"]
+        assert http.get(f"/api/v1/agents/{agent.id}").status_code == 200
+        assert _fresh(db_session, job.id).status is Status.RUNNING
+
+    def test_forced_delete_requeues_its_jobs_for_another_agent(
+        self, http: httpx.Client, db_session: Session
+    ) -> None:
+        _as_admin(http, db_session)
+        job, _, _, agent = _claimed(http, db_session)
+        deleted = http.delete(f"/api/v1/agents/{agent.id}", params={"force": "true"})
+        assert deleted.status_code == 200, deleted.text
+        assert deleted.json()["requeued_jobs"] == [job.id]
+        stored = _fresh(db_session, job.id)
+        assert (stored.status, stored.agent_id, stored.lease_id) == (Status.QUEUED, None, None)
+        assert stored.error_message == "agent a deleted"
+        _, other = add_agent(db_session, "b")
+        assert _job_ids(claim(http, other)) == [job.id]
+        assert _fresh(db_session, job.id).attempts == 2
+
+
+class TestAgentStatus:
+    def test_status_online_offline_disabled_and_running_jobs(
+        self, http: httpx.Client, db_session: Session
+    ) -> None:
+        _as_admin(http, db_session)
+        project = add_project(db_session, "p")
+        queue_job(db_session, project)
+        _, busy = add_agent(db_session, "busy")
+        claim(http, busy)
+        add_agent(db_session, "never-seen")
+        add_agent(db_session, "gone", last_heartbeat_at=minutes_ago(5))
+        add_agent(db_session, "off", last_heartbeat_at=datetime.now(UTC), enabled=False)
+        add_agent(db_session, "beating", last_heartbeat_at=datetime.now(UTC))
+        listed = {agent["name"]: agent for agent in http.get("/api/v1/agents").json()}
+        assert {name: agent["status"] for name, agent in listed.items()} == {
+            "busy": "online",
+            "never-seen": "offline",
+            "gone": "offline",
+            "off": "disabled",
+            "beating": "online",
+        }
+        assert listed["busy"]["running_jobs"] == 1 and listed["beating"]["running_jobs"] == 0
+        assert listed["busy"]["last_heartbeat_at"] is not None
+        assert listed["never-seen"]["last_heartbeat_at"] is None
+
+
+def _waiting(http: httpx.Client, job_id: int) -> str | None:
+    response = http.get(f"/api/v1/jobs/{job_id}/waiting")
+    assert response.status_code == 200, response.text
+    reason: str | None = response.json()["reason"]
+    return reason
+
+
+class TestJobWaiting:
+    def test_no_online_agent_has_the_labels(self, http: httpx.Client, db_session: Session) -> None:
+        _as_admin(http, db_session)
+        project = add_project(db_session, "p")
+        job = queue_job(db_session, project, labels=["linux", "gpu"])
+        add_agent(db_session, "cpu", labels=["linux"], last_heartbeat_at=datetime.now(UTC))
+        add_agent(db_session, "lost-gpu", labels=["gpu", "linux"], last_heartbeat_at=minutes_ago(9))
+        assert _waiting(http, job.id) == "no online agent has labels gpu, linux"
+
+    def test_all_matching_agents_are_full(self, http: httpx.Client, db_session: Session) -> None:
+        _as_admin(http, db_session)
+        project = add_project(db_session, "p")
+        queue_job(db_session, project, queued_at=minutes_ago(2))
+        waiting = queue_job(db_session, project, queued_at=minutes_ago(1))
+        _, token = add_agent(db_session, "a", capacity=1)
+        claim(http, token)
+        assert _waiting(http, waiting.id) == "all matching agents are full (1 running of 1)"
+
+    def test_project_concurrency_limit_reached(
+        self, http: httpx.Client, db_session: Session
+    ) -> None:
+        _as_admin(http, db_session)
+        project = add_project(db_session, "p", limit=1)
+        queue_job(db_session, project, queued_at=minutes_ago(2))
+        waiting = queue_job(db_session, project, queued_at=minutes_ago(1))
+        _, token = add_agent(db_session, "a", capacity=3)
+        assert len(_job_ids(claim(http, token, free_slots=3))) == 1
+        assert _waiting(http, waiting.id) == "project concurrency limit reached (1 of 1 running)"
+
+    def test_free_matching_agent_means_it_waits_for_a_claim(
+        self, http: httpx.Client, db_session: Session
+    ) -> None:
+        _as_admin(http, db_session)
+        project = add_project(db_session, "p")
+        job = queue_job(db_session, project, labels=["linux"])
+        add_agent(db_session, "a", labels=["linux", "docker"], last_heartbeat_at=datetime.now(UTC))
+        assert _waiting(http, job.id) == "waiting for an agent to claim it"
+        run = http.get(f"/api/v1/runs/{job.run_id}").json()
+        assert run["jobs"][0]["waiting_reason"] == "waiting for an agent to claim it"
+
+    def test_job_that_left_the_queue_has_no_reason(
+        self, http: httpx.Client, db_session: Session
+    ) -> None:
+        _as_admin(http, db_session)
+        job, _, _, _ = _claimed(http, db_session)
+        answer = http.get(f"/api/v1/jobs/{job.id}/waiting").json()
+        assert (answer["status"], answer["reason"]) == ("running", None)
+        assert http.get(f"/api/v1/runs/{job.run_id}").json()["jobs"][0]["waiting_reason"] is None
+
+    def test_reading_needs_read_permission_on_the_project(
+        self, http: httpx.Client, db_session: Session
+    ) -> None:
+        project = add_project(db_session, "private")
+        job = queue_job(db_session, project)
+        assert http.get(f"/api/v1/jobs/{job.id}/waiting").status_code == 401
+        add_user(db_session, "stranger")
+        sign_in(http, "stranger")
+        refused = http.get(f"/api/v1/jobs/{job.id}/waiting")
+        assert refused.status_code == 403
+        assert refused.json()["error"]["code"] == "permission_denied"
+        missing = http.get("/api/v1/jobs/999999/waiting")
+        assert missing.status_code == 404 and missing.json()["error"]["code"] == "job_not_found"

@@ -46,6 +46,12 @@ steps:
   - name: count
     commands: ["seq 1 1000000"]
 """
+LABELLED_PIPELINE = """\
+labels: [no-such-machine]
+steps:
+  - name: never
+    commands: ["echo never"]
+"""
 FINISHED = {"success", "failure", "warning", "cancelled", "skipped", "error"}
 _names = count(1)
 
@@ -248,6 +254,52 @@ class TestDashboard:
         row.locator("[data-status]", has_text="cancelled").wait_for()
         assert page.locator(f"#active-runs li[data-run-id='{run['id']}']").count() == 0
         assert page.evaluate("window.notReloaded") is True
+
+    def test_a_queued_run_says_why_it_waits(
+        self, admin_page: Any, ui_server: UiServer, make_repo: Callable[..., Repo]
+    ) -> None:
+        api = ui_server.api()
+        name = unique("labels")
+        create_project(api, name, make_repo({".conveyor.yml": LABELLED_PIPELINE}))
+        run = trigger(api, name)
+        try:
+            admin_page.goto(ui_server.url + "/")
+            item = admin_page.locator(f"#queued-runs li[data-run-id='{run['id']}']")
+            expected = "no online agent has labels no-such-machine"
+            assert item.locator(".waiting-reason").inner_text() == f"({expected})"
+            waiting = api.get(f"/api/v1/jobs/{run['jobs'][0]['id']}/waiting").json()
+            assert waiting["reason"] == expected
+        finally:
+            api.post(f"/api/v1/runs/{run['id']}/cancel")
+
+
+class TestAgentsPage:
+    def test_status_is_shown_and_disable_and_enable_buttons_work(
+        self, admin_page: Any, ui_server: UiServer
+    ) -> None:
+        page = admin_page
+        api = ui_server.api()
+        name = unique("ui-agent")
+        created = api.post("/api/v1/agents", json={"name": name})
+        assert created.status_code == 201, created.text
+        agent_id = created.json()["id"]
+        try:
+            page.goto(ui_server.url + "/ui/agents")
+            # The embedded agent heartbeats; the new one never registered.
+            assert page.locator("[data-agent-status='online']").count() >= 1
+            row = page.locator(f"tr[data-agent-id='{agent_id}']")
+            status = row.locator("[data-agent-status]")
+            assert status.inner_text() == "offline"
+            row.get_by_role("button", name=f"Disable {name}").click()
+            page.wait_for_url(re.compile(r"/ui/agents\?notice="))
+            assert status.inner_text() == "disabled"
+            assert api.get(f"/api/v1/agents/{agent_id}").json()["enabled"] is False
+            row.get_by_role("button", name=f"Enable {name}").click()
+            row.get_by_role("button", name=f"Disable {name}").wait_for()
+            assert status.inner_text() == "offline"
+            assert api.get(f"/api/v1/agents/{agent_id}").json()["enabled"] is True
+        finally:
+            api.delete(f"/api/v1/agents/{agent_id}")
 
 
 class TestSettings:

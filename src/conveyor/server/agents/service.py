@@ -290,8 +290,11 @@ def claim(
     if wanted > 0:
         taken = _take_jobs(session, settings, agent, wanted, now)
     agent.running = held + len(taken)
-    # A claim is a sign of life as good as a heartbeat (see `agent_status`).
-    agent.last_heartbeat_at = now
+    # A claim is a sign of life as good as a heartbeat (see `agent_status`); written at
+    # most every half heartbeat, so that a busy claim loop does not write on every turn.
+    heard = agent.last_heartbeat_at
+    if heard is None or now - heard >= timedelta(seconds=settings.heartbeat_seconds / 2):
+        agent.last_heartbeat_at = now
     session.flush()
     specs = [job_spec(session, settings, job) for job in taken]
     return ClaimResponse(jobs=specs, cancel=cancel)

@@ -11,23 +11,6 @@ from conveyor.server.models.project import Project
 from conveyor.server.models.run import Run
 
 
-def job_with_owners(session: Session, job_id: int) -> tuple[Job, Run, Project] | None:
-    row = session.execute(
-        select(Job, Run, Project)
-        .join(Run, Run.id == Job.run_id)
-        .join(Project, Project.id == Run.project_id)
-        .where(Job.id == job_id)
-    ).first()
-    return None if row is None else (row[0], row[1], row[2])
-
-
-def run_with_project(session: Session, run_id: int) -> tuple[Run, Project] | None:
-    row = session.execute(
-        select(Run, Project).join(Project, Project.id == Run.project_id).where(Run.id == run_id)
-    ).first()
-    return None if row is None else (row[0], row[1])
-
-
 def artifact_at(session: Session, job_id: int, relative_path: str) -> Artifact | None:
     return session.scalars(
         select(Artifact).where(Artifact.job_id == job_id, Artifact.relative_path == relative_path)

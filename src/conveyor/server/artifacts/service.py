@@ -54,6 +54,7 @@ from conveyor.server.models.artifact import Artifact
 from conveyor.server.models.job import Job
 from conveyor.server.models.project import Project
 from conveyor.server.models.run import Run
+from conveyor.server.runs.repository import RunRepository
 from conveyor.server.users.authorization import Action, Actor, authorize
 
 UPLOADS_DIRECTORY = "uploads"
@@ -383,7 +384,7 @@ def complete_upload(
     """Verify the upload, move it into the artifact root, and record its row."""
     with _upload_lock(upload_id):
         meta = _read_meta(settings, upload_id, agent_id)
-        found = repository.job_with_owners(session, meta.job_id)
+        found = RunRepository(session).job_with_owners(meta.job_id)
         if found is None:
             _discard(settings, upload_id)
             raise UploadNotFoundError(
@@ -460,7 +461,7 @@ def remove_abandoned_uploads(settings: Settings, older_than: timedelta) -> int:
 
 
 def run_artifacts(session: Session, actor: Actor, run_id: int) -> list[tuple[Artifact, Job]]:
-    found = repository.run_with_project(session, run_id)
+    found = RunRepository(session).with_project(run_id)
     if found is None:
         raise NotFoundError(
             f"there is no run {run_id}; GET /api/v1/runs lists the runs you may read",

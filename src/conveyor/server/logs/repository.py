@@ -22,23 +22,6 @@ def step_with_owners(session: Session, step_id: int) -> tuple[Step, Job, Run, Pr
     return None if row is None else (row[0], row[1], row[2], row[3])
 
 
-def job_with_owners(session: Session, job_id: int) -> tuple[Job, Run, Project] | None:
-    row = session.execute(
-        select(Job, Run, Project)
-        .join(Run, Run.id == Job.run_id)
-        .join(Project, Project.id == Run.project_id)
-        .where(Job.id == job_id)
-    ).first()
-    return None if row is None else (row[0], row[1], row[2])
-
-
-def run_with_project(session: Session, run_id: int) -> tuple[Run, Project] | None:
-    row = session.execute(
-        select(Run, Project).join(Project, Project.id == Run.project_id).where(Run.id == run_id)
-    ).first()
-    return None if row is None else (row[0], row[1])
-
-
 def step_of_job(session: Session, job_id: int, index: int) -> Step | None:
     return session.scalars(select(Step).where(Step.job_id == job_id, Step.index == index)).first()
 

@@ -46,6 +46,7 @@ from conveyor.server.models.job import Job
 from conveyor.server.models.project import Project
 from conveyor.server.models.run import Run
 from conveyor.server.models.step import Step
+from conveyor.server.runs.repository import RunRepository
 from conveyor.server.secrets import service as secrets_service
 from conveyor.server.users.authorization import Action, Actor, authorize
 
@@ -331,7 +332,7 @@ class JobNotFoundError(NotFoundError):
 
 
 def job_for_reading(session: Session, actor: Actor, job_id: int) -> tuple[Job, Run, Project]:
-    found = repository.job_with_owners(session, job_id)
+    found = RunRepository(session).job_with_owners(job_id)
     if found is None:
         raise JobNotFoundError(
             f"there is no job {job_id}; GET /api/v1/runs/{{run id}} lists a run's jobs",
@@ -342,7 +343,7 @@ def job_for_reading(session: Session, actor: Actor, job_id: int) -> tuple[Job, R
 
 
 def run_for_reading(session: Session, actor: Actor, run_id: int) -> tuple[Run, Project]:
-    found = repository.run_with_project(session, run_id)
+    found = RunRepository(session).with_project(run_id)
     if found is None:
         raise RunNotFoundError(
             f"there is no run {run_id}; GET /api/v1/runs lists the runs you may read",

@@ -61,6 +61,22 @@ class RunRepository:
         )
         return (highest or 0) + 1
 
+    def job_with_owners(self, job_id: int) -> tuple[Job, Run, Project] | None:
+        """A job with its run and project: what permission checks on a job need."""
+        row = self.session.execute(
+            select(Job, Run, Project)
+            .join(Run, Run.id == Job.run_id)
+            .join(Project, Project.id == Run.project_id)
+            .where(Job.id == job_id)
+        ).first()
+        return None if row is None else (row[0], row[1], row[2])
+
+    def with_project(self, run_id: int) -> tuple[Run, Project] | None:
+        row = self.session.execute(
+            select(Run, Project).join(Project, Project.id == Run.project_id).where(Run.id == run_id)
+        ).first()
+        return None if row is None else (row[0], row[1])
+
     def add(self, run: Run) -> Run:
         self.session.add(run)
         self.session.flush()

@@ -99,8 +99,10 @@ class RunNumberingError(ConflictError):
 
 
 @dataclass(frozen=True)
-class _Resolved:
-    """What git said about a trigger, before anything is written."""
+class ResolvedCommit:
+    """What git said about a trigger, before anything is written. Made by `resolve_ref`
+    (outside any transaction), stored by `record_run`; webhooks use the pair to record a
+    run of the exact commit a forge names, with the forge's message and author."""
 
     commit: CommitInfo
     pipeline: Pipeline | None
@@ -130,7 +132,7 @@ def _check_branch_filter(project: Project, branch: str | None) -> None:
     )
 
 
-def _resolve(settings: Settings, project: Project, ref: str) -> _Resolved:
+def resolve_ref(settings: Settings, project: Project, ref: str) -> ResolvedCommit:
     """Resolve `ref` in the project's mirror and load the pipeline at that commit."""
     cache = MirrorCache(settings.repos_path)
     url = project.git_url
@@ -156,10 +158,10 @@ def _resolve(settings: Settings, project: Project, ref: str) -> _Resolved:
             read_file, pipeline_path=project.pipeline_path, build_command=project.build_command
         )
     except PipelineError as error:
-        return _Resolved(commit, None, str(error))
+        return ResolvedCommit(commit, None, str(error))
     except CheckoutError as error:
-        return _Resolved(commit, None, str(error))
-    return _Resolved(commit, pipeline, None)
+        return ResolvedCommit(commit, None, str(error))
+    return ResolvedCommit(commit, pipeline, None)
 
 
 def _build_hash(project: Project, number: int) -> str:
@@ -191,19 +193,19 @@ def trigger(
     _check_branch_filter(project, branch)
     session.commit()
 
-    resolved = _resolve(settings, project, ref)
+    resolved = resolve_ref(settings, project, ref)
     if branch is None and resolved.commit.branch is not None:
         branch = resolved.commit.branch
-    return _record(session, settings, actor, project, request, resolved, branch)
+    return record_run(session, settings, actor, project, request, resolved, branch)
 
 
-def _record(
+def record_run(
     session: Session,
     settings: Settings,
     actor: Actor,
     project: Project,
     request: TriggerRequest,
-    resolved: _Resolved,
+    resolved: ResolvedCommit,
     branch: str | None,
 ) -> Run:
     # The first statement of the transaction is this write, so on SQLite it waits for
@@ -534,7 +536,7 @@ def _retrigger(
     _check_branch_filter(project, original.branch)
     branch, tag = original.branch, original.tag
     session.commit()
-    resolved = _resolve(settings, project, request.sha or original.commit_sha)
+    resolved = resolve_ref(settings, project, request.sha or original.commit_sha)
     commit = CommitInfo(
         sha=resolved.commit.sha,
         branch=branch,
@@ -545,12 +547,12 @@ def _retrigger(
         author_email=resolved.commit.author_email,
         committed_at=resolved.commit.committed_at,
     )
-    return _record(
+    return record_run(
         session,
         settings,
         actor,
         project,
         request,
-        _Resolved(commit, resolved.pipeline, resolved.problem),
+        ResolvedCommit(commit, resolved.pipeline, resolved.problem),
         branch,
     )

@@ -369,14 +369,16 @@ def _judge(project: Project, event: ForgeEvent) -> tuple[DeliveryResult, str]:
 # --- making the run -----------------------------------------------------------------------
 
 
-def resolve_commit(settings: Settings, project: Project, event: ForgeEvent) -> Any:
+def resolve_commit(
+    settings: Settings, project: Project, event: ForgeEvent
+) -> runs_service.ResolvedCommit:
     """Git work, outside any transaction: the commit the payload names (a short hash
     is resolved to the full sha) and the pipeline at it. The result carries the
     payload's ref, message and author, which win over git's when the payload has them.
 
     Raises the trigger's `RepositoryUnreachableError` and `RefNotFoundError`."""
     assert event.sha is not None  # accepted events name their commit
-    resolved = runs_service._resolve(settings, project, event.sha.lower())
+    resolved = runs_service.resolve_ref(settings, project, event.sha.lower())
     commit = CommitInfo(
         sha=resolved.commit.sha,
         branch=event.branch,
@@ -387,7 +389,7 @@ def resolve_commit(settings: Settings, project: Project, event: ForgeEvent) -> A
         author_email=resolved.commit.author_email,
         committed_at=resolved.commit.committed_at,
     )
-    return runs_service._Resolved(commit, resolved.pipeline, resolved.problem)
+    return runs_service.ResolvedCommit(commit, resolved.pipeline, resolved.problem)
 
 
 def record_run(
@@ -396,7 +398,7 @@ def record_run(
     project: Project,
     delivery: WebhookDelivery,
     event: ForgeEvent,
-    resolved: Any,
+    resolved: runs_service.ResolvedCommit,
 ) -> Run:
     """Record the run of an accepted delivery (its jobs queued), link it to the
     delivery, and cancel the runs it supersedes when the project asks for that."""
@@ -406,7 +408,9 @@ def record_run(
         variables=dict(event.variables),
     )
     actor = Actor(user_id=None, name=(event.actor or delivery.provider)[:200])
-    run = runs_service._record(session, settings, actor, project, request, resolved, event.branch)
+    run = runs_service.record_run(
+        session, settings, actor, project, request, resolved, event.branch
+    )
     run.secrets_withheld = event.from_fork
     delivery.run_id = run.id
     if project.cancel_superseded and event.kind is EventKind.PUSH and event.branch:
