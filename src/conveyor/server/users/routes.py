@@ -5,8 +5,10 @@ from __future__ import annotations
 from datetime import timedelta
 
 from fastapi import APIRouter, Request, Response, status
+from sqlalchemy.orm import Session
 
 from conveyor.server.audit import service as audit
+from conveyor.server.config import Settings
 from conveyor.server.deps import (
     AppSettings,
     CurrentActor,
@@ -15,6 +17,7 @@ from conveyor.server.deps import (
     Signer,
     remote_address,
 )
+from conveyor.server.models.user import User
 from conveyor.server.users import passwords
 from conveyor.server.users import service as users_service
 from conveyor.server.users.authorization import require_admin
@@ -28,21 +31,19 @@ from conveyor.server.users.schemas import (
     UserRead,
     UserUpdate,
 )
-from conveyor.server.users.sessions import SESSION_COOKIE_NAME
-
-router = APIRouter(prefix="/api/v1", tags=["users"])
+from conveyor.server.users.sessions import SESSION_COOKIE_NAME, SessionSigner
 
 
-@router.post("/session", response_model=UserRead)
-def sign_in(
-    body: SignIn,
+def start_session(
     request: Request,
     response: Response,
-    session: DbSession,
-    settings: AppSettings,
-    signer: Signer,
-) -> UserRead:
-    user = users_service.authenticate_password(session, body.name, body.password)
+    session: Session,
+    settings: Settings,
+    signer: SessionSigner,
+    user: User,
+) -> None:
+    """Sign `user` in on `response` (the HttpOnly, SameSite session cookie) and record
+    it; the JSON API and the sign-in page both end a good sign-in here."""
     response.set_cookie(
         SESSION_COOKIE_NAME,
         signer.sign(user.id, user.password_hash),
@@ -61,6 +62,22 @@ def sign_in(
         target_id=user.id,
         remote_address=remote_address(request),
     )
+
+
+router = APIRouter(prefix="/api/v1", tags=["users"])
+
+
+@router.post("/session", response_model=UserRead)
+def sign_in(
+    body: SignIn,
+    request: Request,
+    response: Response,
+    session: DbSession,
+    settings: AppSettings,
+    signer: Signer,
+) -> UserRead:
+    user = users_service.authenticate_password(session, body.name, body.password)
+    start_session(request, response, session, settings, signer, user)
     return UserRead.model_validate(user)
 
 

@@ -49,6 +49,7 @@ from conveyor.server.users import passwords
 from conveyor.server.users import service as users_service
 from conveyor.server.users.authorization import Action, Actor, authorize, require_admin
 from conveyor.server.users.repository import MembershipRepository
+from conveyor.server.users.routes import start_session
 from conveyor.server.users.sessions import SESSION_COOKIE_NAME
 from conveyor.server.web.rendering import (
     PageRoute,
@@ -141,24 +142,7 @@ def sign_in(
             status_code=401,
         )
     response = redirect(request, target)
-    response.set_cookie(
-        SESSION_COOKIE_NAME,
-        signer.sign(user.id, user.password_hash),
-        max_age=signer.max_age_seconds,
-        path="/",
-        httponly=True,
-        samesite="lax",
-        secure=settings.secure_cookies,
-    )
-    audit.record(
-        session,
-        actor_id=user.id,
-        actor_name=user.name,
-        action="session.create",
-        target_type="user",
-        target_id=user.id,
-        remote_address=remote_address(request),
-    )
+    start_session(request, response, session, settings, signer, user)
     return response
 
 
