@@ -12,6 +12,7 @@ import re
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -83,9 +84,12 @@ def start_server(data_dir: Path, backend: str) -> ServerProcess:
         found = re.search(r"password '([^']+)'", line)
         if found:
             password = found.group(1)
-        if "Uvicorn running on" in line or "Application startup complete" in line:
+        # "Uvicorn running on" comes once the socket listens; startup completes before.
+        if "Uvicorn running on" in line:
             break
     assert password, "".join(output)
+    # Keep draining its output (access log lines) so that a full pipe never blocks it.
+    threading.Thread(target=lambda: output.extend(process.stdout or []), daemon=True).start()
     return ServerProcess(f"http://127.0.0.1:{port}", process, password, output)
 
 
