@@ -11,7 +11,8 @@ Prints, side by side:
     server restarted with 4 embedded agent slots (target: >= 40/s on 2 cores);
 (c) 100 WebSocket viewers of one job all receiving 100,000 lines, against the time to
     store them with no viewer (target: < 2x);
-(d) the server's resident memory idle and after the runs (target: < 80 MiB idle).
+(d) the server's resident memory idle and after the runs (target: < 80 MiB idle), and
+    that of its embedded agent, a child process of its own.
 """
 
 from __future__ import annotations
@@ -60,6 +61,12 @@ def free_port() -> int:
         return port
 
 
+def _rss_mib(pid: int) -> float:
+    status = Path(f"/proc/{pid}/status").read_text()
+    kib = int(re.search(r"VmRSS:\s+(\d+)", status).group(1))  # type: ignore[union-attr]
+    return kib / 1024
+
+
 class Server:
     def __init__(self, data_dir: Path, agents: int, database_url: str | None) -> None:
         self.port = free_port()
@@ -95,9 +102,12 @@ class Server:
             pass
 
     def rss_mib(self) -> float:
-        status = Path(f"/proc/{self.process.pid}/status").read_text()
-        kib = int(re.search(r"VmRSS:\s+(\d+)", status).group(1))  # type: ignore[union-attr]
-        return kib / 1024
+        return _rss_mib(self.process.pid)
+
+    def agent_rss_mib(self) -> float:
+        """The embedded agent: the server's child processes (`conveyor agent`)."""
+        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
+        return sum(_rss_mib(int(pid)) for pid in children.read_text().split())
 
     def stop(self) -> None:
         self.process.terminate()
@@ -302,6 +312,7 @@ def main() -> None:
     assert server.password
     time.sleep(2)
     idle = server.rss_mib()
+    idle_agent = server.agent_rss_mib()
     api, token = sign_in(server.url, server.password)
     try:
         if "latency" in parts:
@@ -321,6 +332,7 @@ def main() -> None:
         f"    idle {idle:6.1f} MiB (target < 80 MiB); after (a)+(c) {after:6.1f} MiB;"
         + (f" after (b) {rss_after_queue:6.1f} MiB" if rss_after_queue is not None else "")
     )
+    print(f"    the embedded agent's own process (conveyor agent, 4 slots) idle {idle_agent:6.1f} MiB")
 
 
 if __name__ == "__main__":

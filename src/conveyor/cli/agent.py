@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
+import os
 import signal
 import socket
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from conveyor.agent.backends.base import BackendError
-from conveyor.agent.backends.registry import create_backend, default_backend_name
+from conveyor.agent import EXIT_WITH_PARENT_ENV
 
 if TYPE_CHECKING:
     from conveyor.agent.loop import Agent
@@ -40,10 +42,14 @@ def agent_command(
 ) -> None:
     """Register with the server and run the jobs it gives, until interrupted."""
     # Imported here: every `conveyor` command imports this module, and only this one
-    # talks to a server (httpx).
+    # needs the agent (backends, httpx).
+    from conveyor.agent.backends.base import BackendError
+    from conveyor.agent.backends.registry import create_backend, default_backend_name
     from conveyor.agent.loop import Agent, AgentSettings
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    if os.environ.get(EXIT_WITH_PARENT_ENV) == "1":
+        _exit_with_parent()
     try:
         chosen = create_backend(backend or default_backend_name())
     except BackendError as exc:
@@ -59,6 +65,24 @@ def agent_command(
         capacity=capacity,
     )
     asyncio.run(_run(Agent(settings, chosen)))
+
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _exit_with_parent() -> None:
+    """Ask the kernel for SIGTERM when the process that started this one dies (the
+    server, for its embedded agent), so that a killed server leaves no agent behind."""
+    if not sys.platform.startswith("linux"):
+        return
+    parent = os.getppid()
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+        logging.getLogger("conveyor.agent").warning(
+            "cannot ask to stop with the server (prctl errno %d)", ctypes.get_errno()
+        )
+    elif os.getppid() != parent:
+        raise SystemExit(0)  # the parent died before the request took effect
 
 
 async def _run(agent: Agent) -> None:

@@ -23,13 +23,14 @@ from __future__ import annotations
 import ipaddress
 import socket
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin, urlsplit
-
-import httpx
 
 from conveyor.server.config import Settings
 from conveyor.server.errors import InvalidInputError
+
+if TYPE_CHECKING:
+    import httpx  # see notifications/service.py: imported only where calls are made
 
 MAX_REDIRECTS = 5
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address

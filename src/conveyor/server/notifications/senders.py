@@ -17,13 +17,14 @@ import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
 from email.message import EmailMessage
-from typing import Any, Protocol
-
-import httpx
+from typing import TYPE_CHECKING, Any, Protocol
 
 from conveyor.server import outbound
 from conveyor.server.config import Settings
 from conveyor.server.models.notification_hook import HookKind
+
+if TYPE_CHECKING:
+    import httpx
 
 SIGNATURE_HEADER = "X-Conveyor-Signature"
 EVENT_HEADER = "X-Conveyor-Event"
@@ -77,6 +78,8 @@ class Sender(Protocol):
 def _post_json(
     transport: Transport, url: str, body: bytes, headers: Mapping[str, str] | None = None
 ) -> int:
+    import httpx
+
     all_headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT}
     all_headers.update(headers or {})
     try:
@@ -150,6 +153,8 @@ class DiscordSender:
             "embeds": [embed],
             "allowed_mentions": {"parse": []},
         }
+        import httpx
+
         url = str(httpx.URL(outgoing.target).copy_merge_params({"wait": "true"}))
         return _post_json(transport, url, json.dumps(body).encode())
 

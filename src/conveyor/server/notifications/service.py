@@ -23,9 +23,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
 from jinja2 import TemplateError
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -66,6 +65,12 @@ from conveyor.server.notifications.senders import (
 from conveyor.server.projects import service as projects_service
 from conveyor.server.secrets.cipher import SecretCipher
 from conveyor.server.users.authorization import Action, Actor
+
+if TYPE_CHECKING:
+    import httpx
+
+# httpx is imported where a call is made: it brings rich, click and pygments along
+# (its command line), megabytes that a server which sends nothing need not hold.
 
 logger = logging.getLogger("conveyor.server.notifications")
 
@@ -303,14 +308,20 @@ def queue_for_run_status(
 ) -> list[int]:
     """Queue the deliveries that `run_id` reaching `status` calls for; the ids of the
     new deliveries. Idempotent: a hook gets one delivery per run and trigger."""
+    if status is not Status.RUNNING and not status.finished:
+        return []  # queued, waiting: nothing to tell
     run = session.get(Run, run_id)
     project = session.get(Project, run.project_id) if run is not None else None
     if run is None or project is None:
         return []
     repository = NotificationRepository(session)
-    fired = triggers_for(status, repository.previous_finished_status(run))
+    hooks = repository.hooks_of(project.id, enabled_only=True)
+    link = repository.forge_link(project.id)
+    if not hooks and link is None:
+        return []  # most projects: nothing to tell anyone, so no further queries
+    fired = triggers_for(status, repository.previous_finished_status(run)) if hooks else []
     created: list[NotificationDelivery] = []
-    for hook in repository.hooks_of(project.id, enabled_only=True):
+    for hook in hooks:
         chosen = next((t for t in fired if str(t) in hook.triggers), None)
         if chosen is None or repository.delivery_exists(
             DeliveryChannel.HOOK, hook.id, run.id, chosen
@@ -327,7 +338,6 @@ def queue_for_run_status(
                 next_attempt_at=now,
             )
         )
-    link = repository.forge_link(project.id)
     commit_state = "pending" if status is Status.RUNNING else str(status)
     if (
         link is not None
@@ -354,7 +364,7 @@ def queue_for_run_status(
 
 # --- sending -------------------------------------------------------------------------------
 
-Send = Callable[[httpx.Client], int | None]
+Send = Callable[["httpx.Client"], int | None]
 """One prepared attempt: everything read from the database already, so it runs with no
 transaction open; returns the response code or raises DeliveryFailedError."""
 
@@ -418,6 +428,8 @@ def _prepare_commit_status(
     request = REPORTERS[link.kind].request(link.api_base_url, link.repository, token, report)
 
     def send(client: httpx.Client) -> int | None:
+        import httpx
+
         try:
             response = outbound.send(
                 client,
@@ -488,6 +500,8 @@ def record_attempt(
 
 
 def outbound_client(settings: Settings) -> httpx.Client:
+    import httpx
+
     return httpx.Client(timeout=settings.outbound_timeout_seconds, follow_redirects=False)
 
 
@@ -510,6 +524,8 @@ def deliver_due(factory: sessionmaker[Session], settings: Settings, now: datetim
     # A claim outlives one attempt, so a process that dies mid-send is retried later.
     claim_until = now + timedelta(seconds=settings.outbound_timeout_seconds * 3 + 30)
     attempted: list[int] = []
+    if not due:
+        return attempted  # most ticks: no client made, nothing imported
     with outbound_client(settings) as client:
         for delivery_id, due_at in due:
             assert due_at is not None  # the query asks for it

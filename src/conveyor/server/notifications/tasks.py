@@ -25,7 +25,8 @@ def queue_once(
 ) -> list[int]:
     with factory() as session:
         created = service.queue_for_run_status(session, settings, run_id, status, clock())
-        session.commit()
+        if created:
+            session.commit()
         return created
 
 
