@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import exists, or_, select, update
 from sqlalchemy.orm import Session
 
 from conveyor.protocol.status import Status
@@ -32,6 +32,15 @@ class NotificationRepository:
         if enabled_only:
             query = query.where(NotificationHook.enabled.is_(True))
         return self.session.scalars(query.order_by(NotificationHook.id)).all()
+
+    def notifies(self, project_id: int) -> bool:
+        """Whether the project has an enabled hook or a forge link: one query, so that
+        the runs of the many projects that notify nobody cost next to nothing."""
+        hooks = select(NotificationHook.id).where(
+            NotificationHook.project_id == project_id, NotificationHook.enabled.is_(True)
+        )
+        links = select(ForgeLink.project_id).where(ForgeLink.project_id == project_id)
+        return bool(self.session.scalar(select(or_(exists(hooks), exists(links)))))
 
     def hook(self, project_id: int, hook_id: int) -> NotificationHook | None:
         hook = self.session.get(NotificationHook, hook_id)

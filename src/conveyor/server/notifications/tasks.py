@@ -15,15 +15,23 @@ from conveyor.server.config import Settings
 from conveyor.server.db.base import utcnow
 from conveyor.server.events import OVERFLOW, EventBus
 from conveyor.server.notifications import service
+from conveyor.server.notifications.repository import NotificationRepository
 from conveyor.server.triggers.tasks import Clock
 
 logger = logging.getLogger("conveyor.server.notifications")
 
 
 def queue_once(
-    factory: sessionmaker[Session], settings: Settings, run_id: int, status: Status, clock: Clock
+    factory: sessionmaker[Session],
+    settings: Settings,
+    run_id: int,
+    status: Status,
+    clock: Clock,
+    project_id: int | None = None,
 ) -> list[int]:
     with factory() as session:
+        if project_id is not None and not NotificationRepository(session).notifies(project_id):
+            return []
         created = service.queue_for_run_status(session, settings, run_id, status, clock())
         if created:
             session.commit()
@@ -45,8 +53,16 @@ async def queue_run_notifications(
                 continue
             try:
                 status = Status(event.data["status"])
+                if status is not Status.RUNNING and not status.finished:
+                    continue  # queued: nothing to tell (and no thread to wake for it)
                 created = await run_in_threadpool(
-                    queue_once, factory, settings, int(event.data["run_id"]), status, clock
+                    queue_once,
+                    factory,
+                    settings,
+                    int(event.data["run_id"]),
+                    status,
+                    clock,
+                    event.data.get("project_id"),
                 )
             except Exception:
                 logger.exception("queueing notifications for %s failed", event.data)
