@@ -76,8 +76,8 @@ def agent_command_line(settings: Settings, name: str) -> list[str]:
 
 class EmbeddedAgentProcess:
     """Keeps the embedded agent running until `stop()`: started again, after a growing
-    delay, if it crashes or is killed; stopped with SIGTERM (it finishes by cancelling its jobs), then
-    SIGKILL after `STOP_GRACE_SECONDS`."""
+    delay, if it crashes or is killed; stopped with SIGTERM (it finishes by cancelling
+    its jobs), then SIGKILL after `STOP_GRACE_SECONDS`."""
 
     def __init__(self, command: list[str], token: str) -> None:
         self.command = command
