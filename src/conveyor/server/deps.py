@@ -12,10 +12,13 @@ OptionalUser   the user's row, or None for anonymous requests
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
+from datetime import datetime
 from typing import Annotated
 
 from fastapi import Depends, Request
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from conveyor.server.config import Settings
@@ -24,6 +27,8 @@ from conveyor.server.models.user import User
 from conveyor.server.users import service as users_service
 from conveyor.server.users.authorization import Actor
 from conveyor.server.users.sessions import SESSION_COOKIE_NAME, SessionSigner
+
+logger = logging.getLogger("conveyor.server")
 
 
 def get_settings(request: Request) -> Settings:
@@ -42,8 +47,9 @@ SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 def get_db_session(request: Request) -> Iterator[Session]:
     # A request that may write gets a writer session (see `create_app`); reads don't wait.
     state = request.app.state
+    reading = request.method in SAFE_METHODS
     factory: sessionmaker[Session] = (
-        state.read_session_factory if request.method in SAFE_METHODS else state.session_factory
+        state.read_session_factory if reading else state.session_factory
     )
     with factory() as session:
         try:
@@ -51,7 +57,22 @@ def get_db_session(request: Request) -> Iterator[Session]:
         except BaseException:
             session.rollback()
             raise
+        token_use = users_service.take_token_use(session)
+        if token_use is not None and not reading:
+            users_service.record_token_use(session, *token_use)
         session.commit()
+    if token_use is not None and reading:
+        _record_token_use_aside(state.session_factory, *token_use)
+
+
+def _record_token_use_aside(factory: sessionmaker[Session], token_id: int, at: datetime) -> None:
+    """A read's token use, in a short write transaction of its own; if the database
+    is busy past its timeout the use is dropped (the next request notes it again)."""
+    try:
+        with factory.begin() as session:
+            users_service.record_token_use(session, token_id, at)
+    except OperationalError as error:
+        logger.warning("the last use of API token %s was not recorded: %s", token_id, error)
 
 
 AppSettings = Annotated[Settings, Depends(get_settings)]

@@ -119,6 +119,24 @@ class TestTokens:
         assert me.status_code == 200
         assert me.json()["name"] == "ada"
 
+    def test_a_read_with_a_token_records_its_last_use_and_a_write_does_too(
+        self, http: httpx.Client, db_session: Session
+    ) -> None:
+        add_user(db_session, "ada")
+        sign_in(http, "ada")
+        token = http.post("/api/v1/user/tokens", json={"name": "ci"}).json()["token"]
+        assert http.get("/api/v1/user/tokens").json()[0]["last_used_at"] is None
+        bearer = {"Authorization": f"Bearer {token}"}
+        with httpx.Client(base_url=str(http.base_url), headers=bearer) as client:
+            assert client.get("/api/v1/user").status_code == 200
+            first = http.get("/api/v1/user/tokens").json()[0]["last_used_at"]
+            assert first is not None
+            made = client.post("/api/v1/user/tokens", json={"name": "second"})
+            assert made.status_code == 201, made.text
+        # Written at most once a minute: the write within it kept the first time.
+        listed = {entry["name"]: entry for entry in http.get("/api/v1/user/tokens").json()}
+        assert listed["ci"]["last_used_at"] == first
+
     def test_deleted_token_stops_working(self, http: httpx.Client, db_session: Session) -> None:
         add_user(db_session, "ada")
         sign_in(http, "ada")

@@ -98,6 +98,12 @@ class TestApiTokens:
         created = service.create_api_token(db_session, user, "reader", scopes=[TokenScope.READ])
         actor = service.actor_for_token(db_session, created.plaintext)
         assert (actor.user_id, actor.scopes) == (user.id, frozenset({TokenScope.READ}))
+        # The use is noted for the caller to write (see deps.get_db_session), once.
+        use = service.take_token_use(db_session)
+        assert use is not None and use[0] == created.token.id
+        assert service.take_token_use(db_session) is None
+        service.record_token_use(db_session, *use)
+        db_session.refresh(created.token)
         assert created.token.last_used_at is not None
 
     def test_token_with_a_changed_secret_is_refused(self, db_session: Session) -> None:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
+from sqlalchemy import or_, update
 from sqlalchemy.orm import Session
 
 from conveyor.server.db.base import utcnow
@@ -214,14 +215,35 @@ def actor_for_token(session: Session, plaintext: str) -> Actor:
     user = UserRepository(session).get(token.user_id)
     if user is None or not user.is_active:
         raise InvalidCredentialsError("the API token's user is deactivated", code="invalid_token")
-    # Written at most once a minute: reads that carry a token then seldom write, which
-    # keeps them from contending for SQLite's single writer.
+    # Noted at most once a minute, and not written here: see `take_token_use`.
     if token.last_used_at is None or now - token.last_used_at > TOKEN_USE_RESOLUTION:
-        token.last_used_at = now
+        session.info[_PENDING_TOKEN_USE] = (token.id, now)
     return actor_for_user(session, user, scopes=(TokenScope(scope) for scope in token.scopes))
 
 
 TOKEN_USE_RESOLUTION = timedelta(minutes=1)
+_PENDING_TOKEN_USE = "conveyor.pending_token_use"  # noqa: S105  (a session.info key)
+
+
+def take_token_use(session: Session) -> tuple[int, datetime] | None:
+    """The token use `actor_for_token` noted in this session (token id, time), once.
+
+    A token's last use is bookkeeping that a read must not fail for: written by the
+    session that asked, on SQLite a read transaction that turns into a write fails
+    ("database is locked") whenever another writer committed meanwhile. The caller
+    writes it with `record_token_use`: in its own write transaction after a read, in
+    the same one before a write commits."""
+    pending: tuple[int, datetime] | None = session.info.pop(_PENDING_TOKEN_USE, None)
+    return pending
+
+
+def record_token_use(session: Session, token_id: int, at: datetime) -> None:
+    session.execute(
+        update(ApiToken)
+        .where(ApiToken.id == token_id)
+        .where(or_(ApiToken.last_used_at.is_(None), ApiToken.last_used_at < at))
+        .values(last_used_at=at)
+    )
 
 
 def development_actor(session: Session) -> Actor:
