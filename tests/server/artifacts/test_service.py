@@ -183,6 +183,23 @@ class TestResumableUpload:
         assert again.id == first.id
         assert len(db_session.scalars(select(Artifact)).all()) == 1
 
+    def test_upload_begun_under_an_ended_lease_is_refused_and_removed(
+        self, db_session: Session, settings: Settings
+    ) -> None:
+        records = add_run(db_session)
+        records.job.lease_id = "a" * 32
+        db_session.flush()
+        started = service.start_upload(db_session, settings, records.job, AGENT, _spec(b"abc"))
+        service.write_chunk(settings, started.upload_id, AGENT, 0, b"abc")
+        records.job.lease_id = "b" * 32  # requeued and claimed again meanwhile
+        db_session.flush()
+        with pytest.raises(service.UploadLeaseEndedError) as caught:
+            service.complete_upload(db_session, settings, started.upload_id, AGENT)
+        assert caught.value.status_code == 409
+        assert "requeued or ended" in caught.value.message
+        assert db_session.scalars(select(Artifact)).all() == []
+        assert not list((settings.data_dir / "uploads").iterdir())
+
     def test_full_disk_is_507_and_the_partial_file_is_removed(
         self, db_session: Session, settings: Settings
     ) -> None:

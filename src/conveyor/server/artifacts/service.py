@@ -80,6 +80,10 @@ class UploadOffsetError(ConflictError):
     code = "upload_offset_mismatch"
 
 
+class UploadLeaseEndedError(ConflictError):
+    code = "upload_lease_ended"
+
+
 class UploadIncompleteError(ConflictError):
     code = "upload_incomplete"
 
@@ -185,6 +189,8 @@ class UploadMeta:
     created: float
     completed_path: str | None = None
     """Relative to the artifact root, once the file was moved there."""
+    lease_id: str | None = None
+    """The job's lease when the upload started: it completes only under that lease."""
 
 
 def _uploads_dir(settings: Settings) -> Path:
@@ -290,6 +296,7 @@ def start_upload(
         job_id=job.id,
         agent_id=agent_id,
         created=time.time(),
+        lease_id=job.lease_id,
     )
     try:
         uploads.mkdir(parents=True, exist_ok=True)
@@ -392,6 +399,17 @@ def complete_upload(
                 detail={"upload": upload_id, "job": meta.job_id},
             )
         job, run, project = found
+        if meta.lease_id is not None and job.lease_id != meta.lease_id:
+            # The job was requeued (or ended) since: a stale agent's file must not
+            # become the artifact of the attempt that runs now.
+            _discard(settings, upload_id)
+            _forget_lock(upload_id)
+            raise UploadLeaseEndedError(
+                f"job {job.id} was requeued or ended after upload {upload_id!r} of "
+                f"{meta.name!r} began (its lease is over): the upload was removed; stop "
+                "the job and claim new work",
+                detail={"upload": upload_id, "job": job.id},
+            )
         if meta.completed_path is not None:
             return _record(session, job, meta, meta.completed_path)
         part = _part_path(settings, upload_id)
