@@ -143,18 +143,51 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
+PHASES = (
+    "trigger call (resolve, read pipeline, store)",
+    "queued -> claimed",
+    "claimed -> step started (checkout, start)",
+    "step ran",
+    "step ended -> run finished (reports)",
+)
+
+
 def bench_latency(server: Server, api: httpx.Client, token: str, repo: str, runs: int) -> None:
     api.post("/api/v1/projects", json={"name": "latency", "git_url": repo}).raise_for_status()
     took: list[float] = []
+    phases: dict[str, list[float]] = {name: [] for name in PHASES}
     for i in range(runs + 3):
         started = time.perf_counter()
         run = api.post("/api/v1/projects/latency/runs", json={"branch": "main"}).json()
+        answered = time.perf_counter() - started
         status, _ = asyncio.run(wait_for_end(server.url, run["jobs"][0]["id"], token))
         elapsed = time.perf_counter() - started
         if status != "success":
             raise SystemExit(f"run {run['number']} ended {status}")
         if i >= 3:  # the first runs warm the mirror and the agent's caches
             took.append(elapsed)
+            detail = api.get(f"/api/v1/runs/{run['id']}").json()
+            job = detail["jobs"][0]
+            step = job["steps"][0]
+            at = {
+                key: datetime.fromisoformat(value).timestamp()
+                for key, value in (
+                    ("queued", job["queued_at"]),
+                    ("claimed", job["started_at"]),
+                    ("step_started", step["started_at"]),
+                    ("step_finished", step["finished_at"]),
+                    ("finished", detail["finished_at"]),
+                )
+            }
+            phases["trigger call (resolve, read pipeline, store)"].append(answered)
+            phases["queued -> claimed"].append(at["claimed"] - at["queued"])
+            phases["claimed -> step started (checkout, start)"].append(
+                at["step_started"] - at["claimed"]
+            )
+            phases["step ran"].append(at["step_finished"] - at["step_started"])
+            phases["step ended -> run finished (reports)"].append(
+                at["finished"] - at["step_finished"]
+            )
     raw = []
     for _ in range(runs):
         started = time.perf_counter()
@@ -167,6 +200,9 @@ def bench_latency(server: Server, api: httpx.Client, token: str, repo: str, runs
         f"    raw `true` median {statistics.median(raw) * 1000:7.1f} ms   "
         f"p95 {percentile(raw, 95) * 1000:7.1f} ms"
     )
+    print("    where the time goes (medians; the client then sees the end over WebSocket):")
+    for name, values in phases.items():
+        print(f"      {name:48s} {statistics.median(values) * 1000:7.1f} ms")
 
 
 def bench_throughput(root: Path, repo: str, queued: int, database_url: str | None) -> float:
@@ -332,7 +368,9 @@ def main() -> None:
         f"    idle {idle:6.1f} MiB (target < 80 MiB); after (a)+(c) {after:6.1f} MiB;"
         + (f" after (b) {rss_after_queue:6.1f} MiB" if rss_after_queue is not None else "")
     )
-    print(f"    the embedded agent's own process (conveyor agent, 4 slots) idle {idle_agent:6.1f} MiB")
+    print(
+        f"    the embedded agent's own process (conveyor agent, 4 slots) idle {idle_agent:6.1f} MiB"
+    )
 
 
 if __name__ == "__main__":

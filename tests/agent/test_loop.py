@@ -4,6 +4,7 @@ databases: claim, checkout, run on the local backend, logs, reports."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -12,8 +13,12 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from conveyor.agent.backends.registry import create_backend
-from conveyor.agent.loop import Agent, AgentSettings
+from conveyor.agent.client import AgentClient
+from conveyor.agent.engine import StepResult
+from conveyor.agent.loop import Agent, AgentSettings, ServerSink
+from conveyor.logstore import read_line_times
 from conveyor.pipeline.plan import JobPlan, StepPlan
+from conveyor.protocol.agents import JobSpec
 from conveyor.protocol.status import Status
 from conveyor.server.app import create_app
 from conveyor.server.config import Settings
@@ -22,6 +27,7 @@ from conveyor.server.models import Job, Run, Step
 from tests.fixtures.databases import empty_database
 from tests.fixtures.gitrepos import Repo
 from tests.fixtures.servers import serve
+from tests.fixtures.tcpproxy import TcpProxy
 from tests.server.agents.queue import add_agent, add_project, queue_job
 
 SCRIPT = "printf 'first line\\n'; printf 'colour \\033[31mred\\033[0m\\n'; printf 'no newline'"
@@ -127,6 +133,103 @@ class TestAgentLoop:
             assert stored is not None and stored.status is Status.ERROR
             assert stored.error_message is not None
             assert "checkout failed" in stored.error_message and "f" * 12 in stored.error_message
+
+
+class TestServerSinkLineTimes:
+    """`ServerSink` with the agent's real client against a real server: the times of
+    the lines are when the agent read them, however late the bytes reach the server."""
+
+    @staticmethod
+    def _agent_token(settings: Settings) -> str:
+        """A queued job of one step, and the token of an agent that may claim it."""
+        factory = create_app(settings).state.session_factory
+        with factory() as session:
+            queue_job(session, add_project(session, "timed"))
+            return add_agent(session, "worker")[1]
+
+    @staticmethod
+    async def _claim(url: str, token: str) -> tuple[AgentClient, JobSpec]:
+        client = AgentClient(url, token, retry_for=30, timeout=1.0)
+        return client, (await client.claim(free_slots=1, wait=0)).jobs[0]
+
+    @staticmethod
+    def _stored(settings: Settings, spec: JobSpec) -> tuple[bytes, list[int]]:
+        path = step_log_path(settings.data_dir, spec.run_id, spec.job_id, 0)
+        times = read_line_times(path, 0, 1_000_000)
+        known = [time for time in times if time is not None]
+        assert len(known) == len(times), "every line has its time"
+        return path.read_bytes(), known
+
+    def test_lines_spooled_through_a_server_outage_keep_the_times_they_were_read(
+        self, running_server: tuple[str, Settings], tmp_path: Path
+    ) -> None:
+        base_url, settings = running_server
+        port = int(base_url.rsplit(":", 1)[1])
+        token = self._agent_token(settings)
+        with TcpProxy(port) as proxy:
+
+            async def run_step() -> tuple[JobSpec, float, float]:
+                client, spec = await self._claim(proxy.url, token)
+                sink = ServerSink(client, spec, tmp_path / "spool")
+                result = StepResult(0, "say", Status.RUNNING, started_at=time.time())
+                await sink.step_started(result, spec.plan.steps[0])
+                proxy.cut()
+                for line in (b"one\n", b"two\n", b"three\n"):
+                    await sink.step_output(result, line)
+                    await asyncio.sleep(0.4)
+                restored_at = time.time()
+                proxy.restore()
+                result.status, result.finished_at = Status.SUCCESS, time.time()
+                await sink.step_finished(result)
+                await sink.close()
+                await client.close()
+                assert result.started_at is not None
+                return spec, result.started_at, restored_at
+
+            spec, started_at, restored_at = asyncio.run(run_step())
+        data, times = self._stored(settings, spec)
+        assert data == b"one\ntwo\nthree\n"
+        one, two, three = times
+        # Read 0.4 s apart, all before the server could be reached again.
+        assert 350 <= two - one <= 1_000 and 350 <= three - two <= 1_000
+        assert started_at * 1000 - 5 <= one <= started_at * 1000 + 300
+        assert three < restored_at * 1000
+
+    def test_resend_from_the_size_a_gap_names_keeps_each_line_on_its_time(
+        self, running_server: tuple[str, Settings], tmp_path: Path
+    ) -> None:
+        base_url, settings = running_server
+        token = self._agent_token(settings)
+        first = b"".join(b"first %05d\n" % i for i in range(7_000))  # past LOG_BATCH_BYTES
+        second = b"".join(b"second %05d\n" % i for i in range(7_000))
+
+        async def run_step() -> JobSpec:
+            client, spec = await self._claim(base_url, token)
+            server_log = step_log_path(settings.data_dir, spec.run_id, spec.job_id, 0)
+            sink = ServerSink(client, spec, tmp_path / "spool")
+            result = StepResult(0, "say", Status.RUNNING, started_at=time.time())
+            await sink.step_started(result, spec.plan.steps[0])
+            await sink.step_output(result, first)  # a full batch: sent at once
+            assert server_log.stat().st_size == len(first)
+            # The server loses what it held (its disk was restored from a backup), so
+            # the next batch is a gap and the agent resends all from byte 0.
+            for lost in server_log.parent.iterdir():
+                lost.unlink()
+            await asyncio.sleep(0.3)
+            await sink.step_output(result, second)
+            result.status, result.finished_at = Status.SUCCESS, time.time()
+            await sink.step_finished(result)
+            await sink.close()
+            await client.close()
+            return spec
+
+        spec = asyncio.run(run_step())
+        data, times = self._stored(settings, spec)
+        assert data == first + second
+        assert len(times) == 14_000
+        first_times, second_times = set(times[:7_000]), set(times[7_000:])
+        assert len(first_times) == len(second_times) == 1  # each read at one moment
+        assert 250 <= min(second_times) - max(first_times) <= 1_000
 
 
 def _only_step(session: Session, job_id: int) -> Step:

@@ -144,14 +144,16 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 
 def start_server_with_no_agents(data_dir: Path) -> ServerProcess:
     """`conveyor server --agents 0` (every job must go to a remote agent) with a short
-    lease, so that a lost agent's job is requeued within seconds."""
+    lease and back-off, so that a lost agent's job runs again within seconds."""
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "conveyor", "server", "--port", str(port),
          "--data-dir", str(data_dir), "--agents", "0"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         env={**os.environ, "CONVEYOR_LEASE_SECONDS": str(LEASE_SECONDS),
-             "CONVEYOR_HEARTBEAT_SECONDS": str(HEARTBEAT_SECONDS)},
+             "CONVEYOR_HEARTBEAT_SECONDS": str(HEARTBEAT_SECONDS),
+             # A short back-off: the lost agent's job is claimable again 1 s after requeue.
+             "CONVEYOR_RETRY_BACKOFF_SECONDS": "1"},
     )  # fmt: skip
     return _await_start(process, port)
 

@@ -25,6 +25,7 @@ from conveyor.protocol.agents import (
     HeartbeatResponse,
     JobReport,
     LogAppended,
+    LogChunk,
     StepReport,
     UploadStart,
     UploadState,
@@ -35,6 +36,8 @@ Model = TypeVar("Model", bound=BaseModel)
 TRANSIENT_STATUS = frozenset({502, 503, 504})
 FIRST_PAUSE = 0.1
 LONGEST_PAUSE = 5.0
+CONNECT_TIMEOUT = 5.0
+SHORTEST_TIMEOUT = 2.0
 
 
 class ServerRefusedError(Exception):
@@ -76,11 +79,24 @@ class AgentClient:
         timeout: float = 30.0,
     ) -> None:
         self.retry_for = retry_for
+        self.timeout = timeout
+        """Longest wait for an answer (and for each read or write) before the request
+        is retried on a new connection; `fit_to_lease` shortens it."""
+        self._long_timeout = timeout
         self._http = httpx.AsyncClient(
             base_url=server_url.rstrip("/") + "/api/v1/agent",
             headers={"Authorization": f"Bearer {token}"},
-            timeout=httpx.Timeout(timeout, connect=5.0),
+            timeout=httpx.Timeout(timeout, connect=CONNECT_TIMEOUT),
         )
+
+    def fit_to_lease(self, lease_duration: float) -> None:
+        """Wait at most a quarter of the lease (and no less than `SHORTEST_TIMEOUT`) for
+        an answer. A connection that died without a word (a dead link, a NAT that forgot
+        it) otherwise holds a heartbeat until the timeout, and one that outlasts the
+        lease costs the agent its jobs; a retry on a new connection gets through as soon
+        as the link is back."""
+        self.timeout = min(self._long_timeout, max(SHORTEST_TIMEOUT, lease_duration / 4))
+        self._http.timeout = httpx.Timeout(self.timeout, connect=CONNECT_TIMEOUT)
 
     async def close(self) -> None:
         await self._http.aclose()
@@ -95,16 +111,20 @@ class AgentClient:
         params: dict[str, Any] | None = None,
         lease_id: str | None = None,
         read_timeout: float | None = None,
+        content_type: str = "application/octet-stream",
+        retry_for: float | None = None,
     ) -> httpx.Response:
         headers = {LEASE_HEADER: lease_id} if lease_id else {}
         if content is not None:
-            headers["Content-Type"] = "application/octet-stream"
+            headers["Content-Type"] = content_type
         body = json.model_dump(mode="json") if json is not None else None
         timeout = (
-            httpx.Timeout(read_timeout, connect=5.0) if read_timeout else httpx.USE_CLIENT_DEFAULT
+            httpx.Timeout(self.timeout, read=read_timeout, connect=CONNECT_TIMEOUT)
+            if read_timeout
+            else httpx.USE_CLIENT_DEFAULT
         )
         loop = asyncio.get_running_loop()
-        give_up_at = loop.time() + self.retry_for
+        give_up_at = loop.time() + (self.retry_for if retry_for is None else retry_for)
         pause = FIRST_PAUSE
         while True:
             try:
@@ -142,25 +162,33 @@ class AgentClient:
             "POST",
             "/claim",
             json=ClaimRequest(free_slots=free_slots, wait=wait),
-            read_timeout=wait + 30.0,
+            # The server holds the answer up to `wait` when there is nothing to give.
+            read_timeout=wait + self.timeout,
         )
         return await self._model(ClaimResponse, response)
 
-    async def heartbeat(self, beat: Heartbeat) -> HeartbeatResponse:
-        return await self._model(
-            HeartbeatResponse, await self._call("POST", "/heartbeat", json=beat)
-        )
+    async def heartbeat(
+        self, beat: Heartbeat, *, retry_for: float | None = None
+    ) -> HeartbeatResponse:
+        """`retry_for` (default: the client's) bounds the retries of this beat: a caller
+        that beats on a timer gives up on a beat when the next one is due."""
+        response = await self._call("POST", "/heartbeat", json=beat, retry_for=retry_for)
+        return await self._model(HeartbeatResponse, response)
 
     async def append_log(
-        self, job_id: int, lease_id: str, index: int, offset: int, data: bytes
+        self, job_id: int, lease_id: str, index: int, offset: int, data: bytes | LogChunk
     ) -> LogAppended:
-        """Send log bytes at `offset`; raises `LogGap` when the server holds fewer."""
+        """Send log bytes (and, in a `LogChunk`, their lines' times) at `offset`;
+        raises `LogGap` when the server holds fewer."""
+        chunk = data if isinstance(data, LogChunk) else LogChunk(data)
+        media_type, body = chunk.encode()
         response = await self._call(
             "PUT",
             f"/jobs/{job_id}/steps/{index}/log",
-            content=data,
+            content=body,
             params={"offset": offset},
             lease_id=lease_id,
+            content_type=media_type,
         )
         if response.status_code == 409:
             detail = _error_detail(response)
@@ -189,14 +217,25 @@ class AgentClient:
     async def upload_state(self, upload_id: str) -> UploadState:
         return await self._model(UploadState, await self._call("GET", f"/uploads/{upload_id}"))
 
-    async def upload_chunk(self, upload_id: str, offset: int, data: bytes) -> UploadState:
+    async def upload_chunk(
+        self, upload_id: str, offset: int, data: bytes, *, retry_for: float | None = None
+    ) -> UploadState:
+        """Write `data` at `offset`. With `retry_for=0` a failure is raised at once, for a
+        caller that asks `upload_state` where to go on rather than resending blindly."""
         response = await self._call(
-            "PUT", f"/uploads/{upload_id}", content=data, params={"offset": offset}
+            "PUT",
+            f"/uploads/{upload_id}",
+            content=data,
+            params={"offset": offset},
+            retry_for=retry_for,
         )
         return await self._model(UploadState, response)
 
     async def complete_upload(self, upload_id: str) -> ArtifactInfo:
-        response = await self._call("POST", f"/uploads/{upload_id}/complete")
+        # The server hashes the whole upload before it answers: the long timeout.
+        response = await self._call(
+            "POST", f"/uploads/{upload_id}/complete", read_timeout=self._long_timeout
+        )
         return await self._model(ArtifactInfo, response)
 
 

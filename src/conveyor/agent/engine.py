@@ -193,7 +193,9 @@ class JobRunner:
             if job.status is Status.RUNNING:
                 await self._run_steps(job, deadline)
             if job.status in (Status.SUCCESS, Status.WARNING):
-                self._collect_artifacts(job)
+                # Hashing and archiving take seconds on big files: off the event loop,
+                # where the agent's heartbeats and log sending must go on meanwhile.
+                await asyncio.to_thread(self._collect_artifacts, job)
         finally:
             with contextlib.suppress(BackendError):
                 await asyncio.shield(self.backend.cleanup(self.job))

@@ -8,11 +8,14 @@ embedded agent; it talks to the server only over HTTP (`conveyor.agent.client`).
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import functools
 import logging
 import platform as host_platform
 import shutil
+import time
+from array import array
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -32,6 +35,7 @@ from conveyor.protocol.agents import (
     Heartbeat,
     JobReport,
     JobSpec,
+    LogChunk,
     RunningJob,
     StepReport,
     UploadStart,
@@ -71,24 +75,61 @@ def _timestamp(seconds: float | None) -> datetime | None:
 
 
 class _StepLog:
-    """One step's log: spooled to a local file, so any range can be (re)sent."""
+    """One step's log: spooled to a local file, so any range can be (re)sent, with
+    when each piece of it was read, so a range resent later carries its lines' times.
 
-    def __init__(self, path: Path) -> None:
+    The times are kept as runs, `(byte where a read began, ms after the step
+    started)`, one per read with a new millisecond: a chunk's line times are counted
+    per run (`bytes.count`), not per line, and a long log costs its reads, not its
+    lines."""
+
+    def __init__(self, path: Path, started_at: float | None) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         self.handle = path.open("w+b")
         self.written = 0
         self.acknowledged = 0
+        started = time.time() if started_at is None else started_at
+        self.started_at_ms = round(started * 1000)
+        # The start on the monotonic clock: line times do not jump with the wall clock.
+        self._started_monotonic = time.monotonic() - max(0.0, time.time() - started)
+        self._read_at = array("Q")
+        self._read_ms = array("I")
 
     def read(self, start: int, end: int) -> bytes:
         self.handle.seek(start)
         return self.handle.read(end - start)
 
     def append(self, data: bytes) -> None:
+        if not data:
+            return
+        elapsed_ms = max(0, round((time.monotonic() - self._started_monotonic) * 1000))
+        if not self._read_ms or self._read_ms[-1] != elapsed_ms:
+            self._read_at.append(self.written)
+            self._read_ms.append(min(elapsed_ms, 0xFFFF_FFFF))
         self.handle.seek(0, 2)
         self.handle.write(data)
         self.handle.flush()
         self.written += len(data)
+
+    def chunk(self, start: int, end: int) -> LogChunk:
+        """Bytes `[start, end)` and the times of the lines that start in them."""
+        lead = 1 if start > 0 else 0  # the byte before: does a line start at `start`?
+        raw = self.read(start - lead, end)
+        shift = start - lead  # `raw[i]` is byte `shift + i` of the log
+        offsets = array("I")
+        run = bisect.bisect_right(self._read_at, start) - 1
+        at = start
+        while at < end and run >= 0:
+            following = run + 1
+            run_end = self._read_at[following] if following < len(self._read_at) else end
+            until = min(end, run_end)
+            # A line starts at byte q when q == 0 or byte q - 1 is a newline.
+            starts = raw.count(b"\n", max(at - 1 - shift, 0), until - 1 - shift)
+            starts += 1 if at == 0 else 0
+            offsets.extend(array("I", [self._read_ms[run]]) * starts)
+            at, run = until, following
+        return LogChunk(raw[lead:], self.started_at_ms, offsets)
 
 
 class ServerSink:
@@ -117,9 +158,9 @@ class ServerSink:
         """Called once when a report fails, so that the job stops instead of running on
         for a server that no longer takes its reports."""
 
-    def _log(self, index: int) -> _StepLog:
+    def _log(self, index: int, started_at: float | None) -> _StepLog:
         if index not in self._logs:
-            self._logs[index] = _StepLog(self.spool_dir / f"{index}.log")
+            self._logs[index] = _StepLog(self.spool_dir / f"{index}.log", started_at)
         return self._logs[index]
 
     async def step_started(self, result: StepResult, step: StepPlan) -> None:
@@ -135,7 +176,7 @@ class ServerSink:
             self._in_order(report)
 
     async def step_output(self, result: StepResult, data: bytes) -> None:
-        log = self._log(result.index)
+        log = self._log(result.index, result.started_at)
         log.append(data)
         if log.written - log.acknowledged >= LOG_BATCH_BYTES:
             await self._send(log, result.index)
@@ -218,10 +259,10 @@ class ServerSink:
         async with self._send_lock:
             while log.acknowledged < log.written:
                 end = min(log.written, log.acknowledged + LOG_REQUEST_BYTES)
-                data = log.read(log.acknowledged, end)
+                chunk = log.chunk(log.acknowledged, end)
                 try:
                     appended = await self.client.append_log(
-                        self.spec.job_id, self.spec.lease_id, index, log.acknowledged, data
+                        self.spec.job_id, self.spec.lease_id, index, log.acknowledged, chunk
                     )
                 except LogGap as gap:
                     log.acknowledged = min(gap.size, log.written)
@@ -238,9 +279,14 @@ class Agent:
         self.client = AgentClient(settings.server_url, settings.token)
         self.mirrors = MirrorCache(settings.cache_dir / "mirrors")
         self.heartbeat_interval = 10.0
-        self._runners: dict[int, JobRunner] = {}
-        self._cancelled: set[int] = set()
-        self._jobs: dict[int, tuple[JobSpec, asyncio.Task[None]]] = {}
+        # Keyed by lease, not by job: after a lost lease the same job can come back to
+        # this agent as a new attempt while the stale one is still stopping.
+        self._runners: dict[str, JobRunner] = {}
+        self._cancelled: set[str] = set()
+        self._superseded: set[str] = set()
+        """Leases of jobs that came back to this agent as a new attempt: stopped, left
+        out of heartbeats, and deaf to cancels (which name the job, i.e. the new one)."""
+        self._jobs: dict[str, tuple[JobSpec, asyncio.Task[None]]] = {}
         self._stopping = asyncio.Event()
 
     def stop(self) -> None:
@@ -286,6 +332,7 @@ class Agent:
             )
         )
         self.heartbeat_interval = registered.heartbeat_interval
+        self.client.fit_to_lease(registered.lease_duration)
         logger.info("agent %s registered (id %s)", self.settings.name, registered.agent_id)
 
     async def _claim_forever(self) -> None:
@@ -312,39 +359,71 @@ class Agent:
                     continue
                 self._cancel(response.cancel)
                 for spec in response.jobs:
+                    self._supersede(spec)
                     task = asyncio.create_task(self._run_job(spec))
-                    self._jobs[spec.job_id] = (spec, task)
-                    task.add_done_callback(functools.partial(self._forget, spec.job_id))
+                    self._jobs[spec.lease_id] = (spec, task)
+                    task.add_done_callback(functools.partial(self._forget, spec.lease_id))
         finally:
             stopping.cancel()
 
-    def _forget(self, job_id: int, _task: object = None) -> None:
-        self._jobs.pop(job_id, None)
-        self._runners.pop(job_id, None)
-        self._cancelled.discard(job_id)
+    def _forget(self, lease_id: str, _task: object = None) -> None:
+        self._jobs.pop(lease_id, None)
+        self._runners.pop(lease_id, None)
+        self._cancelled.discard(lease_id)
+        self._superseded.discard(lease_id)
 
-    def _cancel(self, job_ids: list[int]) -> None:
-        for job_id in job_ids:
-            if job_id not in self._jobs:
+    def _current_leases(self, job_ids: list[int]) -> list[str]:
+        wanted = set(job_ids)
+        return [
+            lease_id
+            for lease_id, (spec, _) in self._jobs.items()
+            if spec.job_id in wanted and lease_id not in self._superseded
+        ]
+
+    def _cancel(
+        self, job_ids: list[int], by: str = "server", among: set[str] | None = None
+    ) -> None:
+        """Stop the jobs named, under their current lease; with `among`, only under
+        those leases (a heartbeat's answer is about the leases it carried, and the
+        job may have come back under a new one meanwhile)."""
+        for lease_id in self._current_leases(job_ids):
+            if among is not None and lease_id not in among:
                 continue
-            self._cancelled.add(job_id)
-            runner = self._runners.get(job_id)
+            self._cancelled.add(lease_id)
+            runner = self._runners.get(lease_id)
             if runner is not None:
-                runner.cancel("server")
+                runner.cancel(by)
+
+    def _supersede(self, spec: JobSpec) -> None:
+        """A job this agent still runs under an older lease was handed out again: the
+        server gave up on that lease, so the old attempt stops (without a report: the
+        server refuses them) before the new one starts."""
+        for lease_id in self._current_leases([spec.job_id]):
+            logger.warning(
+                "job %s: attempt %s replaces the one still running here; stopping that one",
+                spec.job_id,
+                spec.attempt,
+            )
+            self._cancel([spec.job_id], by=f"superseded by attempt {spec.attempt}")
+            self._superseded.add(lease_id)
 
     async def _heartbeat_forever(self) -> None:
         while True:
             await asyncio.sleep(self.heartbeat_interval)
             running = [
-                RunningJob(job_id=spec.job_id, lease_id=spec.lease_id)
-                for spec, _ in self._jobs.values()
+                RunningJob(job_id=spec.job_id, lease_id=lease_id)
+                for lease_id, (spec, _) in self._jobs.items()
+                if lease_id not in self._superseded
             ]
             try:
-                answer = await self.client.heartbeat(Heartbeat(running=running))
+                # Retried only until the next beat is due, which then says what runs now.
+                answer = await self.client.heartbeat(
+                    Heartbeat(running=running), retry_for=self.heartbeat_interval
+                )
             except (ServerRefusedError, httpx.HTTPError) as exc:
                 logger.warning("heartbeat failed: %s", exc)
                 continue
-            self._cancel(answer.cancel)
+            self._cancel(answer.cancel, among={job.lease_id for job in running})
 
     async def _run_job(self, spec: JobSpec) -> None:
         root = self.settings.work_dir / f"job-{spec.job_id}-{spec.attempt}"
@@ -415,9 +494,9 @@ class Agent:
             artifacts_dir=root / "artifacts",
             network=self.backend.default_network(),
         )
-        self._runners[spec.job_id] = runner
+        self._runners[spec.lease_id] = runner
         sink.on_failure = functools.partial(runner.cancel, "the server refused a report")
-        if spec.job_id in self._cancelled:
+        if spec.lease_id in self._cancelled:
             runner.cancel("server")
         try:
             result = await runner.run()
@@ -458,12 +537,22 @@ class Agent:
                 source.seek(state.offset)
                 chunk = source.read(UPLOAD_CHUNK_BYTES)
                 try:
-                    state = await self.client.upload_chunk(state.upload_id, state.offset, chunk)
+                    state = await self.client.upload_chunk(
+                        state.upload_id, state.offset, chunk, retry_for=0
+                    )
                 except (ServerRefusedError, httpx.TransportError):
                     # A broken connection or an offset the server disagrees with: ask
-                    # where the upload stands and go on from there.
+                    # where the upload stands (the chunk may have arrived, or part of
+                    # it) and go on from there.
                     failures += 1
                     if failures >= UPLOAD_ATTEMPTS:
                         raise
                     state = await self.client.upload_state(state.upload_id)
+                    logger.info(
+                        "job %s: upload of %s resumes at byte %s of %s",
+                        spec.job_id,
+                        artifact.name,
+                        state.offset,
+                        state.size,
+                    )
         await self.client.complete_upload(state.upload_id)

@@ -48,6 +48,8 @@ def agent_command(
     from conveyor.agent.loop import Agent, AgentSettings
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    # httpx logs every request at INFO: claims, heartbeats and log batches, many a second.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     if os.environ.get(EXIT_WITH_PARENT_ENV) == "1":
         _exit_with_parent()
     try:

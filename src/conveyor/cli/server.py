@@ -1,4 +1,5 @@
-"""`conveyor server`: the API, the queue and the embedded agent in one process."""
+"""`conveyor server`: the API, the queue and the background duties in one process, and
+the embedded agent in a child process it supervises."""
 
 from __future__ import annotations
 
@@ -28,10 +29,9 @@ def server_command(
     """Start the server; the first start prints a one-time admin password."""
     # Imported here, not at the top: every `conveyor` command imports this module, and
     # none but this one needs the server (about 60 MiB and a second of start).
-    import uvicorn
-
     from conveyor.server.app import create_app
     from conveyor.server.config import Settings
+    from conveyor.server.serving import serve
 
     overrides: dict[str, Any] = {"host": host, "port": port}
     if data_dir is not None:
@@ -41,13 +41,4 @@ def server_command(
     if backend is not None:
         overrides["embedded_backend"] = backend
     settings = Settings(**overrides)
-    # Agents long-poll for up to 30 s; a stop need not wait for their claims to time out.
-    uvicorn.run(
-        create_app(settings),
-        host=host,
-        port=port,
-        log_level="info",
-        timeout_graceful_shutdown=5,
-        # Per-message compression doubles the cost of each log viewer; lines are small.
-        ws_per_message_deflate=False,
-    )
+    serve(create_app(settings), settings)

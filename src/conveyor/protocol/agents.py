@@ -21,10 +21,21 @@ Logs are sent as raw bytes at a byte offset: a batch whose offset is below what 
 server holds is a duplicate and ignored (the server answers with its size), one above
 is a gap and refused with the size the server holds, from which the agent resends. So
 the stored log is byte-identical to what the step printed, after masking.
+
+A batch may carry the time of each line that starts in it (`LogChunk`, sent as
+`LOG_CHUNK_MEDIA_TYPE`): the agent's clock when it read the line's first byte, as ms
+after the step started, plus when the step started. The agent records them as it
+reads, so a batch sent late (spooled through a server outage) or resent from a gap
+keeps the times its lines had. A plain `application/octet-stream` body (an older
+agent) is the bytes alone; the server then stamps the lines with their arrival.
 """
 
 from __future__ import annotations
 
+import struct
+import sys
+from array import array
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -112,6 +123,75 @@ class LogAppended(_Wire):
     size: int
     """Bytes of this step's log the server holds."""
     lines: int
+
+
+LOG_CHUNK_MEDIA_TYPE = "application/vnd.conveyor.log-chunk"
+RAW_LOG_MEDIA_TYPE = "application/octet-stream"
+_CHUNK_MAGIC = b"CVLC"
+_CHUNK_HEADER = struct.Struct("<4sqI")
+_OFFSET_SIZE = 4
+_MAX_OFFSET_MS = 0xFFFF_FFFF
+
+
+class InvalidLogChunkError(ValueError):
+    """A log batch body that claims to be a `LogChunk` but is not a whole one."""
+
+
+@dataclass(frozen=True)
+class LogChunk:
+    """A batch of a step's log bytes and the times of the lines that start in it.
+
+    Body layout (little-endian): b"CVLC", int64 `step_started_at_ms` (ms since the
+    epoch, the agent's clock), uint32 `n`, `n` x uint32 `line_offsets_ms` (ms after
+    the step started, one per line that STARTS in `data`: at its first byte if the
+    log so far ends with a newline, and after each newline that is not its last
+    byte), then `data`. A server that stores only a tail of `data` (it holds the
+    head) uses the last offsets, which belong to the lines of that tail."""
+
+    data: bytes
+    step_started_at_ms: int | None = None
+    """None: the bytes alone (times unknown; the server stamps their arrival)."""
+    line_offsets_ms: array[int] = field(default_factory=lambda: array("I"))
+
+    def encode(self) -> tuple[str, bytes]:
+        """The media type and body to send."""
+        if self.step_started_at_ms is None:
+            return RAW_LOG_MEDIA_TYPE, self.data
+        offsets = self.line_offsets_ms
+        if offsets.typecode != "I" or sys.byteorder == "big":
+            # A copy in the wire's form; the agent's own (uint32) goes as it is.
+            offsets = array("I", (min(max(ms, 0), _MAX_OFFSET_MS) for ms in offsets))
+            if sys.byteorder == "big":
+                offsets.byteswap()
+        header = _CHUNK_HEADER.pack(_CHUNK_MAGIC, self.step_started_at_ms, len(offsets))
+        return LOG_CHUNK_MEDIA_TYPE, header + offsets.tobytes() + self.data
+
+    @classmethod
+    def decode(cls, media_type: str | None, body: bytes) -> LogChunk:
+        """The chunk in a request body of `media_type` (any other type than
+        `LOG_CHUNK_MEDIA_TYPE`: raw bytes without times)."""
+        if (media_type or "").split(";")[0].strip().lower() != LOG_CHUNK_MEDIA_TYPE:
+            return cls(data=body)
+        if len(body) < _CHUNK_HEADER.size:
+            raise InvalidLogChunkError(
+                f"a {LOG_CHUNK_MEDIA_TYPE} body starts with a {_CHUNK_HEADER.size}-byte "
+                f"header, but this one has {len(body)} bytes"
+            )
+        magic, started_at_ms, count = _CHUNK_HEADER.unpack_from(body)
+        offsets_end = _CHUNK_HEADER.size + count * _OFFSET_SIZE
+        if magic != _CHUNK_MAGIC or offsets_end > len(body):
+            raise InvalidLogChunkError(
+                f"a {LOG_CHUNK_MEDIA_TYPE} body must start with {_CHUNK_MAGIC!r} and hold "
+                f"its {count} line times ({offsets_end} bytes); this one starts with "
+                f"{magic!r} and has {len(body)} bytes"
+            )
+        offsets = array("I")
+        offsets.frombytes(body[_CHUNK_HEADER.size : offsets_end])
+        if sys.byteorder == "big":
+            offsets.byteswap()
+        return cls(
+            data=body[offsets_end:], step_started_at_ms=started_at_ms, line_offsets_ms=offsets
+        )
 
 
 class StepReport(_Wire):

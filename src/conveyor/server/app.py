@@ -37,6 +37,7 @@ from conveyor.server.users import routes as users_routes
 from conveyor.server.users import service as users_service
 from conveyor.server.users.sessions import SessionSigner
 from conveyor.server.webhooks import routes as webhooks_routes
+from conveyor.server.webhooks import tasks as webhooks_tasks
 
 logger = logging.getLogger("conveyor.server")
 
@@ -90,6 +91,11 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             )
         ),
         asyncio.create_task(notifications_tasks.send_deliveries(factory, settings, wake)),
+        asyncio.create_task(
+            webhooks_tasks.resume_accepted_deliveries(
+                app.state.read_session_factory, factory, settings
+            )
+        ),
     ]
     try:
         async with embedded_agents.running(app.state.session_factory, app.state.settings):
@@ -170,6 +176,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.session_factory = create_session_factory(write_engine)
     app.state.read_session_factory = create_session_factory(engine)
     app.state.event_bus = events.EventBus()
+    app.state.stopping = asyncio.Event()  # set when a stop begins (conveyor.server.serving)
     events.install(app.state.session_factory, app.state.event_bus)
     app.state.session_signer = SessionSigner(settings.session_secret_key())
 

@@ -44,6 +44,14 @@ class Settings(BaseSettings):
     """How long a claimed job's lease lives without a heartbeat."""
     heartbeat_seconds: float = Field(default=10.0, gt=0)
     """Seconds between an agent's heartbeats (told to agents when they register)."""
+    retry_backoff_seconds: float = Field(default=10.0, ge=0)
+    """A job put back in the queue because its agent was lost waits this long before it
+    may be claimed again, doubled for each further attempt (0: no wait)."""
+    retry_backoff_max_seconds: float = Field(default=300.0, ge=0)
+    """The longest such wait, however many attempts came before."""
+    job_timeout_grace_seconds: float = Field(default=60.0, ge=0)
+    """How long past a job's timeout the server waits for its agent's report before it
+    ends the job itself (`error`); the agent enforces the timeout, this is a backstop."""
     secret_key: SecretStr | None = None
     """Signs session cookies; when absent one is generated and kept in `data_dir`."""
     max_projects_per_user: int = Field(default=2, ge=0)

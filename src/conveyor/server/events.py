@@ -73,6 +73,18 @@ class Subscription:
         except TimeoutError:
             return None
 
+    def get_pending(self) -> list[Event]:
+        """The events delivered and not yet taken, without waiting (a burst of them is
+        one wake-up for a subscriber that re-reads the state anyway); an overflow
+        comes as one `overflow` event at the end."""
+        pending: list[Event] = []
+        while not self._queue.empty():
+            pending.append(self._queue.get_nowait())
+        if self._overflowed:
+            self._overflowed = False
+            pending.append(Event(topic="*", kind=OVERFLOW))
+        return pending
+
     def close(self) -> None:
         self._bus._remove(self)
 

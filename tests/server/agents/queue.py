@@ -40,6 +40,7 @@ def queue_job(
     plan: JobPlan | None = None,
     commit_sha: str = "0" * 40,
     max_attempts: int = 3,
+    timeout_seconds: float | None = None,
     commit: bool = True,
 ) -> Job:
     plan = plan or one_step_plan()
@@ -61,6 +62,7 @@ def queue_job(
         priority=priority,
         queued_at=queued_at or datetime.now(UTC),
         max_attempts=max_attempts,
+        timeout_seconds=timeout_seconds,
     )
     session.add(job)
     session.flush()

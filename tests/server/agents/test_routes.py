@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from conveyor.protocol.status import Status
 from conveyor.server.agents import service
+from conveyor.server.config import Settings
 from conveyor.server.db import dialect
 from conveyor.server.models import Agent, Job, Step
 from conveyor.server.runs import state
@@ -383,11 +384,12 @@ class TestExpiredLeases:
     ) -> None:
         job, _, _, _ = _claimed(http, db_session)
         later = datetime.now(UTC) + timedelta(minutes=5)
-        assert service.release_expired_leases(_as_writer(db_session), now=later) == [job.id]
+        writer = _as_writer(db_session)
+        assert service.release_expired_leases(writer, Settings(), now=later) == [job.id]
         db_session.commit()
         stored = _fresh(db_session, job.id)
         assert stored.status is Status.QUEUED and stored.lease_id is None
-        assert stored.error_message == "agent a lost"
+        assert stored.error_message == "agent a was lost"
 
     def test_expired_lease_on_last_attempt_ends_in_error(
         self, http: httpx.Client, db_session: Session
@@ -397,14 +399,14 @@ class TestExpiredLeases:
         _, token = add_agent(db_session, "a")
         claim(http, token)
         later = datetime.now(UTC) + timedelta(minutes=5)
-        service.release_expired_leases(_as_writer(db_session), now=later)
+        service.release_expired_leases(_as_writer(db_session), Settings(), now=later)
         db_session.commit()
         stored = _fresh(db_session, job.id)
-        assert stored.status is Status.ERROR and stored.error_message == "agent a lost"
+        assert stored.status is Status.ERROR and stored.error_message == "agent a was lost"
 
     def test_live_lease_is_left_alone(self, http: httpx.Client, db_session: Session) -> None:
         job, _, _, _ = _claimed(http, db_session)
-        assert service.release_expired_leases(db_session) == []
+        assert service.release_expired_leases(db_session, Settings()) == []
         assert _fresh(db_session, job.id).status is Status.RUNNING
 
 

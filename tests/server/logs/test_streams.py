@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
+from conveyor.logstore import LineTimes
 from conveyor.protocol.status import Status
 from conveyor.server.config import Settings
 from conveyor.server.db import dialect
@@ -34,6 +35,8 @@ from tests.server.logs.records import add_member, add_run
 pytestmark = pytest.mark.usefixtures("clean_data_dir")
 
 RECEIVE_TIMEOUT = 20.0
+BASE = 1_795_000_000_000
+"""When the first line of a step started (ms since the epoch) in these tests."""
 
 
 def _token(session: Session, name: str = "ada", *, is_admin: bool = True) -> str:
@@ -58,11 +61,15 @@ def _receive_all(connection: ClientConnection) -> list[dict[str, Any]]:
 
 def _lines_of(messages: list[dict[str, Any]], step_id: int, first: int) -> list[str]:
     """The streamed lines of one step, checking that each message starts exactly where
-    the previous one ended (no gap, no duplicate)."""
+    the previous one ended (no gap, no duplicate) and carries its lines' times (those
+    `Agentlike` gives: line n started at `BASE + n`)."""
     lines: list[str] = []
     for message in messages:
         if message["type"] == "lines" and message["step"] == step_id:
-            assert message["start"] == first + len(lines), "a gap or a duplicate"
+            start = message["start"]
+            assert start == first + len(lines), "a gap or a duplicate"
+            times = [time for time, count in message["time_runs"] for _ in range(count)]
+            assert times == [BASE + n for n in range(start, start + len(message["lines"]))]
             lines.extend(message["lines"])
     return lines
 
@@ -84,6 +91,8 @@ class Agentlike:
         self.settings = settings
         self.step_id = step_id
         self.offset = 0
+        self.lines_started = 0
+        self.at_line_start = True
 
     def _in_transaction(self, work: Callable[[Session, Step], None]) -> None:
         with self.factory() as session:
@@ -94,10 +103,19 @@ class Agentlike:
             session.commit()
 
     def send(self, data: bytes) -> None:
+        """Append `data`, with the times of the lines that start in it: line n of the
+        log started at `BASE + n` ms."""
+        starts = data.count(b"\n") - data.endswith(b"\n") + self.at_line_start if data else 0
+        times = LineTimes.of([BASE + self.lines_started + k for k in range(starts)])
+
         def append(session: Session, step: Step) -> None:
-            self.offset = service.append(session, self.settings, step, self.offset, data, {}).size
+            self.offset = service.append(
+                session, self.settings, step, self.offset, data, {}, times
+            ).size
 
         self._in_transaction(append)
+        self.lines_started += starts
+        self.at_line_start = data.endswith(b"\n") if data else self.at_line_start
 
     def start(self) -> None:
         self._in_transaction(lambda session, step: state.start_step(session, step))
@@ -311,6 +329,27 @@ class TestStreamPermissions:
         assert message["type"] == "error"
         assert message["error"]["code"] == "not_authenticated"
         assert code == 4401
+
+    def test_identical_requests_at_once_are_all_refused_when_the_check_refuses(
+        self, db_session: Session, server_url: str
+    ) -> None:
+        # Identical requests in flight together share one check: its refusal must
+        # reach every one of them.
+        records = add_run(db_session)
+        url = _ws_url(server_url, f"/jobs/{records.job.id}/ws?token=not-a-token")
+        answers: list[tuple[dict[str, Any], int | None]] = []
+        ready = threading.Barrier(8)
+
+        def ask() -> None:
+            ready.wait(timeout=RECEIVE_TIMEOUT)
+            answers.append(self._refusal(url))
+
+        askers = [threading.Thread(target=ask) for _ in range(8)]
+        for asker in askers:
+            asker.start()
+        for asker in askers:
+            asker.join()
+        assert [(m["error"]["code"], code) for m, code in answers] == [("invalid_token", 4401)] * 8
 
     def test_member_of_another_project_is_refused_with_4403(
         self, db_session: Session, server_url: str

@@ -2,14 +2,27 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
 import httpx
 import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from conveyor.server.models import Membership, Project, Role, Visibility
+from conveyor.server.config import Settings
+from conveyor.server.models import Membership, Project, Role, User, Visibility
+from tests.fixtures.gitrepos import Repo
 from tests.server.conftest import add_user
+from tests.server.logs.conftest import clean_data_dir
+from tests.server.projects.disk import store_files
 from tests.server.projects.factories import actor_headers, add_project, assert_error, bearer
+from tests.server.runs.factories import PIPELINE
+
+__all__ = ["clean_data_dir"]
 
 NEW_PROJECT = {"name": "demo", "git_url": "https://git.example.test/team/demo.git"}
 
@@ -253,6 +266,236 @@ class TestDeleteProject:
         admin = bearer(db_session, add_user(db_session, "root", is_admin=True))
         assert http.delete("/api/v1/projects/demo", headers=admin).status_code == 204
         assert db_session.scalars(select(Project)).all() == []
+
+
+def _members(session: Session, project: str) -> list[tuple[str, Role]]:
+    session.commit()  # a new transaction sees what the server committed
+    rows = session.execute(
+        select(User.name, Membership.role)
+        .join(Membership, Membership.user_id == User.id)
+        .join(Project, Project.id == Membership.project_id)
+        .where(Project.name == project)
+        .order_by(User.name)
+    )
+    return [(name, role) for name, role in rows]
+
+
+class TestLastMaintainer:
+    def test_removing_the_last_maintainer_is_409_and_changes_nothing(
+        self, http: httpx.Client, db_session: Session
+    ) -> None:
+        mia, bob = add_user(db_session, "mia"), add_user(db_session, "bob")
+        add_project(db_session, "demo", members={mia: Role.MAINTAINER, bob: Role.DEVELOPER})
+        before = _members(db_session, "demo")
+        for actor in (mia, add_user(db_session, "root", is_admin=True)):
+            refused = http.delete(
+                "/api/v1/projects/demo/members/mia", headers=bearer(db_session, actor)
+            )
+            error = assert_error(refused, 409, "last_maintainer")
+            assert str(error["message"]).startswith(
+                "mia is the last maintainer of project demo; make someone else maintainer first"
+            )
+            assert error["detail"] == {"project": "demo", "user": "mia"}
+        assert _members(db_session, "demo") == before
+
+    @pytest.mark.parametrize("role", ["developer", "viewer"])
+    def test_demoting_the_last_maintainer_is_409_and_changes_nothing(
+        self, http: httpx.Client, db_session: Session, role: str
+    ) -> None:
+        mia = add_user(db_session, "mia")
+        add_project(db_session, "demo", members={mia: Role.MAINTAINER})
+        before = _members(db_session, "demo")
+        refused = http.put(
+            "/api/v1/projects/demo/members/mia",
+            headers=bearer(db_session, mia),
+            json={"role": role},
+        )
+        error = assert_error(refused, 409, "last_maintainer")
+        assert "mia is the last maintainer of project demo" in str(error["message"])
+        assert _members(db_session, "demo") == before
+
+    def test_a_maintainer_may_step_down_while_another_remains(
+        self, http: httpx.Client, db_session: Session
+    ) -> None:
+        mia, bob = add_user(db_session, "mia"), add_user(db_session, "bob")
+        add_project(db_session, "demo", members={mia: Role.MAINTAINER, bob: Role.MAINTAINER})
+        headers = bearer(db_session, mia)
+        demoted = http.put(
+            "/api/v1/projects/demo/members/bob", headers=headers, json={"role": "viewer"}
+        )
+        assert demoted.status_code == 200, demoted.text
+        assert_error(http.delete("/api/v1/projects/demo/members/mia", headers=headers), 409)
+        promoted = http.put(
+            "/api/v1/projects/demo/members/bob", headers=headers, json={"role": "maintainer"}
+        )
+        assert promoted.status_code == 200, promoted.text
+        assert http.delete("/api/v1/projects/demo/members/mia", headers=headers).status_code == 204
+        assert _members(db_session, "demo") == [("bob", Role.MAINTAINER)]
+
+    def test_administrators_and_deactivated_users_do_not_count_as_maintainers(
+        self, http: httpx.Client, db_session: Session
+    ) -> None:
+        mia, root = add_user(db_session, "mia"), add_user(db_session, "root", is_admin=True)
+        gone = add_user(db_session, "gone")
+        add_project(
+            db_session,
+            "demo",
+            members={mia: Role.MAINTAINER, root: Role.MAINTAINER, gone: Role.MAINTAINER},
+        )
+        gone.is_active = False
+        db_session.commit()
+        admin = bearer(db_session, root)
+        refused = http.delete("/api/v1/projects/demo/members/mia", headers=admin)
+        assert_error(refused, 409, "last_maintainer")
+        # Removing those who do not count changes no one's ability to manage it.
+        for name in ("root", "gone"):
+            removed = http.delete(f"/api/v1/projects/demo/members/{name}", headers=admin)
+            assert removed.status_code == 204, removed.text
+        assert _members(db_session, "demo") == [("mia", Role.MAINTAINER)]
+
+    def test_two_maintainers_removing_each_other_at_once_leave_one(
+        self, http: httpx.Client, db_session: Session
+    ) -> None:
+        mia, bob = add_user(db_session, "mia"), add_user(db_session, "bob")
+        add_project(db_session, "demo", members={mia: Role.MAINTAINER, bob: Role.MAINTAINER})
+        requests = {"bob": bearer(db_session, mia), "mia": bearer(db_session, bob)}
+        start = threading.Barrier(len(requests))
+        statuses: dict[str, int] = {}
+
+        def remove(target: str) -> None:
+            start.wait(timeout=10)
+            response = http.delete(
+                f"/api/v1/projects/demo/members/{target}", headers=requests[target]
+            )
+            statuses[target] = response.status_code
+
+        threads = [threading.Thread(target=remove, args=(target,)) for target in requests]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=30)
+        # The one served second finds its own maintainer role gone (403), or, when its
+        # actor was read before the first committed, the target the last one (409).
+        assert sorted(statuses.values()) in ([204, 403], [204, 409]), statuses
+        (survivor,) = _members(db_session, "demo")
+        assert survivor[1] is Role.MAINTAINER
+
+
+@pytest.fixture
+def maintainer(db_session: Session) -> User:
+    return add_user(db_session, "mia")
+
+
+@pytest.fixture
+def built_project(
+    db_session: Session, make_repo: Callable[..., Repo], maintainer: User
+) -> Callable[[str], Project]:
+    """A project of `maintainer` building a real repository of its own."""
+
+    def make(name: str, git_url: str | None = None) -> Project:
+        url = git_url or make_repo({".conveyor.yml": PIPELINE}).url
+        return add_project(db_session, name, url, members={maintainer: Role.MAINTAINER})
+
+    return make
+
+
+@pytest.mark.usefixtures("clean_data_dir")
+class TestDeleteProjectFiles:
+    def test_logs_artifacts_uploads_and_mirror_go_and_other_projects_keep_theirs(
+        self,
+        http: httpx.Client,
+        db_session: Session,
+        server_settings: Settings,
+        maintainer: User,
+        built_project: Callable[..., Project],
+    ) -> None:
+        headers = bearer(db_session, maintainer)
+        demo = store_files(http, db_session, server_settings, built_project("demo"), headers)
+        other = store_files(http, db_session, server_settings, built_project("other"), headers)
+        assert http.delete("/api/v1/projects/demo", headers=headers).status_code == 204
+        assert demo.existing() == []
+        assert other.existing() == other.paths()
+        assert (
+            http.get(f"/api/v1/runs/{other.log_directory.name}/artifacts", headers=headers)
+        ).status_code == 200
+
+    def test_mirror_shared_by_url_stays_until_its_last_project_goes(
+        self,
+        http: httpx.Client,
+        db_session: Session,
+        server_settings: Settings,
+        maintainer: User,
+        built_project: Callable[..., Project],
+    ) -> None:
+        headers = bearer(db_session, maintainer)
+        demo_project = built_project("demo")
+        demo = store_files(http, db_session, server_settings, demo_project, headers)
+        twin = built_project("twin", git_url=demo_project.git_url)
+        twin_files = store_files(http, db_session, server_settings, twin, headers)
+        assert twin_files.mirror == demo.mirror
+        assert http.delete("/api/v1/projects/demo", headers=headers).status_code == 204
+        assert demo.mirror.is_dir(), "twin still builds this repository"
+        assert not demo.log_directory.exists() and twin_files.log_directory.exists()
+        assert http.delete("/api/v1/projects/twin", headers=headers).status_code == 204
+        assert not demo.mirror.exists()
+
+    def test_files_already_gone_do_not_fail_the_deletion(
+        self,
+        http: httpx.Client,
+        db_session: Session,
+        server_settings: Settings,
+        maintainer: User,
+        built_project: Callable[..., Project],
+    ) -> None:
+        headers = bearer(db_session, maintainer)
+        demo = store_files(http, db_session, server_settings, built_project("demo"), headers)
+        demo.step_log.unlink()
+        demo.upload_part.unlink()
+        shutil.rmtree(demo.artifact_directory)
+        assert http.delete("/api/v1/projects/demo", headers=headers).status_code == 204
+        assert demo.existing() == []
+
+    def test_links_are_removed_as_links_and_what_they_point_to_stays(
+        self,
+        http: httpx.Client,
+        db_session: Session,
+        server_settings: Settings,
+        maintainer: User,
+        built_project: Callable[..., Project],
+        tmp_path: Path,
+    ) -> None:
+        headers = bearer(db_session, maintainer)
+        demo = store_files(http, db_session, server_settings, built_project("demo"), headers)
+        outside = tmp_path / "outside"
+        (outside / "kept").mkdir(parents=True)
+        (outside / "kept" / "precious.txt").write_text("not conveyor's")
+        # Where the project's artifacts are, a link out of the data directory; inside
+        # its run's log directory, links to a file and a directory outside.
+        shutil.rmtree(demo.artifact_directory)
+        os.symlink(outside / "kept", demo.artifact_directory)
+        os.symlink(outside / "kept" / "precious.txt", demo.log_directory / "file-link")
+        os.symlink(outside / "kept", demo.log_directory / "directory-link")
+        assert http.delete("/api/v1/projects/demo", headers=headers).status_code == 204
+        assert not os.path.lexists(demo.artifact_directory)
+        assert not os.path.lexists(demo.log_directory)
+        assert (outside / "kept" / "precious.txt").read_text() == "not conveyor's"
+
+    def test_refused_deletion_removes_nothing(
+        self,
+        http: httpx.Client,
+        db_session: Session,
+        server_settings: Settings,
+        maintainer: User,
+        built_project: Callable[..., Project],
+    ) -> None:
+        headers = bearer(db_session, maintainer)
+        project = built_project("demo")
+        demo = store_files(http, db_session, server_settings, project, headers)
+        viewer = add_user(db_session, "vera")
+        http.put("/api/v1/projects/demo/members/vera", headers=headers, json={"role": "viewer"})
+        refused = http.delete("/api/v1/projects/demo", headers=bearer(db_session, viewer))
+        assert_error(refused, 403)
+        assert demo.existing() == demo.paths()
 
 
 class TestMembers:

@@ -12,6 +12,7 @@ import re
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -63,6 +64,12 @@ def _free_port() -> int:
         return port
 
 
+def _drain(process: subprocess.Popen[str], output: list[str]) -> None:
+    assert process.stdout is not None
+    for line in process.stdout:
+        output.append(line)
+
+
 @pytest.fixture(scope="package")
 def ui_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UiServer]:
     data_dir = tmp_path_factory.mktemp("ui-data")
@@ -91,6 +98,8 @@ def ui_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UiServer]:
         if "Uvicorn running on" in line:
             break
     assert password, "".join(output)
+    # Keep reading what the server prints: a full pipe would stop it mid-write.
+    threading.Thread(target=_drain, args=(process, output), daemon=True).start()
     server = UiServer(f"http://127.0.0.1:{port}", process, password, output)
     yield server
     process.terminate()

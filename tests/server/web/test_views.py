@@ -8,9 +8,11 @@ import hashlib
 import re
 import time
 from collections.abc import Callable
+from datetime import datetime
 from itertools import count
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
@@ -302,6 +304,212 @@ class TestAgentsPage:
             api.delete(f"/api/v1/agents/{agent_id}")
 
 
+def agent_headers(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def agent_running_a_job(
+    api: httpx.Client, server: UiServer, make_repo: Callable[..., Repo]
+) -> tuple[dict[str, Any], dict[str, Any], str]:
+    """An agent (made through the API, not running anywhere) that claimed the job of a
+    new run whose pipeline only it can take: (agent, run, token)."""
+    label = unique("only-here")
+    name = unique("busy-agent")
+    project = unique("held")
+    create_project(
+        api, project, make_repo({".conveyor.yml": f"labels: [{label}]\n" + SLOW_PIPELINE})
+    )
+    created = api.post("/api/v1/agents", json={"name": name})
+    assert created.status_code == 201, created.text
+    agent: dict[str, Any] = created.json()
+    token = agent["token"]
+    registered = httpx.post(
+        server.url + "/api/v1/agent/register",
+        json={"name": name, "labels": [label]},
+        headers=agent_headers(token),
+    )
+    assert registered.status_code == 200, registered.text
+    run = trigger(api, project)
+    claimed = httpx.post(
+        server.url + "/api/v1/agent/claim",
+        json={"free_slots": 1, "wait": 5},
+        headers=agent_headers(token),
+    )
+    assert claimed.status_code == 200, claimed.text
+    assert [job["job_id"] for job in claimed.json()["jobs"]] == [run["jobs"][0]["id"]]
+    return agent, run, token
+
+
+class TestRunHistory:
+    def test_history_follows_the_run_live_in_the_readers_locale(
+        self, browser: Any, ui_server: UiServer, make_repo: Callable[..., Repo]
+    ) -> None:
+        api = ui_server.api()
+        repo = make_repo({".conveyor.yml": SLOW_PIPELINE})
+        branch = "<i>lean</i>"
+        repo.git("checkout", "-q", "-b", branch)
+        name = unique("history")
+        create_project(api, name, repo)
+        run = trigger(api, name, branch)
+        context = browser.new_context(locale="de-DE", timezone_id="Europe/Berlin")
+        page = context.new_page()
+        page.set_default_timeout(20_000)
+        sign_in(page, ui_server)
+        page.goto(f"{ui_server.url}/ui/runs/{run['id']}")
+        history = page.locator("#run-history")
+        history.locator("li[data-action='started']").wait_for()
+        page.evaluate("window.notReloaded = true")
+
+        cancelled = api.post(f"/api/v1/runs/{run['id']}/cancel")
+        assert cancelled.status_code == 200, cancelled.text
+        history.locator("li[data-action='finished']").wait_for()
+        assert page.evaluate("window.notReloaded") is True
+        items = history.locator("li")
+        assert [items.nth(i).get_attribute("data-action") for i in range(items.count())] == [
+            "triggered",
+            "started",
+            "cancelled",
+            "finished",
+        ]
+        assert items.nth(0).locator(".history-actor").inner_text() == "admin"
+        assert items.nth(2).locator(".history-actor").inner_text() == "admin"
+        assert items.nth(3).locator(".history-details").inner_text().startswith("cancelled after")
+        # Names come back as text after the live re-render, never as markup.
+        assert branch in items.nth(0).inner_text()
+        assert history.locator("i").count() == 0
+        # Times read as a reader in Berlin with German settings expects them.
+        stamp = items.nth(2).locator("time")
+        moment = datetime.fromisoformat(str(stamp.get_attribute("datetime")))
+        local = moment.astimezone(ZoneInfo("Europe/Berlin"))
+        shown = stamp.inner_text()
+        assert local.strftime("%d.%m.%Y") in shown and local.strftime("%H:%M:%S") in shown, shown
+        assert "UTC" not in shown
+        screenshot(page, "run-history-de")
+        context.close()
+
+    def test_a_retry_is_named_on_both_runs(
+        self, admin_page: Any, ui_server: UiServer, make_repo: Callable[..., Repo]
+    ) -> None:
+        api = ui_server.api()
+        name = unique("retried")
+        create_project(
+            api, name, make_repo({".conveyor.yml": "steps: [{name: ok, commands: ['true']}]\n"})
+        )
+        first = wait_for_run(api, trigger(api, name)["id"])
+        admin_page.goto(f"{ui_server.url}/ui/runs/{first['id']}")
+        admin_page.get_by_role("button", name="Retry").click()
+        admin_page.wait_for_url(re.compile(r"/ui/runs/\d+\?notice="))
+        new_id = int(admin_page.url.split("?")[0].rsplit("/", 1)[-1])
+        assert new_id != first["id"]
+        triggered = admin_page.locator("#run-history li[data-action='triggered']")
+        assert f"retry of #{first['number']}" in triggered.inner_text()
+        admin_page.goto(f"{ui_server.url}/ui/runs/{first['id']}")
+        retried = admin_page.locator("#run-history li[data-action='retried']")
+        assert retried.locator(".history-actor").inner_text() == "admin"
+        assert retried.locator(".history-details").inner_text() == f"as run #{first['number'] + 1}"
+
+
+class TestAgentDelete:
+    def test_an_idle_agent_is_deleted_after_the_confirm_step(
+        self, admin_page: Any, ui_server: UiServer
+    ) -> None:
+        page = admin_page
+        api = ui_server.api()
+        name = unique("spare-agent")
+        created = api.post("/api/v1/agents", json={"name": name})
+        assert created.status_code == 201, created.text
+        agent_id = created.json()["id"]
+        page.goto(ui_server.url + "/ui/agents")
+        page.get_by_role("button", name=f"Delete {name}").click()
+        page.get_by_role("heading", name=f"Delete agent {name}?").wait_for()
+        assert "running" not in page.locator("main").inner_text()
+        page.get_by_role("link", name="Keep it").click()
+        page.wait_for_url(ui_server.url + "/ui/agents")
+        assert api.get(f"/api/v1/agents/{agent_id}").status_code == 200
+
+        page.get_by_role("button", name=f"Delete {name}").click()
+        page.get_by_role("button", name=f"Delete {name}", exact=True).click()
+        page.get_by_role("status").filter(has_text=f"Agent {name} deleted").wait_for()
+        assert page.locator(f"tr[data-agent-id='{agent_id}']").count() == 0
+        assert api.get(f"/api/v1/agents/{agent_id}").status_code == 404
+
+    def test_an_agent_running_a_job_needs_force_and_its_job_goes_back_to_the_queue(
+        self, admin_page: Any, ui_server: UiServer, make_repo: Callable[..., Repo]
+    ) -> None:
+        page = admin_page
+        api = ui_server.api()
+        agent, run, _ = agent_running_a_job(api, ui_server, make_repo)
+        name = agent["name"]
+        try:
+            page.goto(ui_server.url + "/ui/agents")
+            page.get_by_role("button", name=f"Delete {name}").click()
+            warning = page.get_by_role("alert")
+            assert f"{name} is running 1 job(s) now" in warning.inner_text()
+            assert "back in the queue" in warning.inner_text()
+            page.get_by_role("button", name=f"Force delete {name}").click()
+            page.get_by_role("status").filter(has_text="1 job(s) back in the queue").wait_for()
+            assert api.get(f"/api/v1/agents/{agent['id']}").status_code == 404
+            job = api.get(f"/api/v1/runs/{run['id']}").json()["jobs"][0]
+            assert job["status"] == "queued" and job["agent"] is None
+            page.goto(f"{ui_server.url}/ui/runs/{run['id']}")
+            requeued = page.locator("#run-history li[data-action='requeued']")
+            assert f"agent {name} deleted" in requeued.inner_text()
+        finally:
+            api.post(f"/api/v1/runs/{run['id']}/cancel")
+            api.delete(f"/api/v1/agents/{agent['id']}?force=true")
+
+    def test_delete_without_the_csrf_token_or_as_a_non_admin_is_refused(
+        self, ui_server: UiServer
+    ) -> None:
+        api = ui_server.api()
+        name = unique("kept-agent")
+        agent_id = api.post("/api/v1/agents", json={"name": name}).json()["id"]
+        try:
+            refused = api.post(f"/ui/agents/{agent_id}/delete", data={"force": "yes"})
+            assert refused.status_code == 403 and "security token" in refused.text
+            person = unique("pat")
+            created = api.post("/api/v1/users", json={"name": person, "password": "pat-pass-123"})
+            assert created.status_code == 201, created.text
+            other = ui_server.api(person, "pat-pass-123")
+            assert other.get(f"/ui/agents/{agent_id}/delete").status_code == 403
+            agents_page = other.get("/ui/agents")
+            assert agents_page.status_code == 403 and f"Delete {name}" not in agents_page.text
+            assert api.get(f"/api/v1/agents/{agent_id}").status_code == 200
+        finally:
+            api.delete(f"/api/v1/agents/{agent_id}")
+
+
+class TestAgentToken:
+    def test_a_new_agents_token_is_shown_once_copied_and_works(
+        self, browser: Any, ui_server: UiServer
+    ) -> None:
+        context = browser.new_context(viewport={"width": 1280, "height": 900})
+        context.grant_permissions(["clipboard-read", "clipboard-write"], origin=ui_server.url)
+        page = context.new_page()
+        page.set_default_timeout(20_000)
+        sign_in(page, ui_server)
+        name = unique("token-agent")
+        page.goto(ui_server.url + "/ui/agents")
+        page.get_by_label("Name").fill(name)
+        page.get_by_role("button", name="Create token").click()
+        token = page.locator("#agent-token").input_value()
+        assert token.startswith("cva_") and len(token) > 30
+        page.get_by_role("button", name="Copy").click()
+        page.get_by_role("button", name="Copied").wait_for()
+        assert page.evaluate("navigator.clipboard.readText()") == token
+        beat = httpx.post(
+            ui_server.url + "/api/v1/agent/heartbeat",
+            json={"running": []},
+            headers=agent_headers(token),
+        )
+        assert beat.status_code == 200, beat.text
+        page.goto(ui_server.url + "/ui/agents")
+        assert token not in page.content()
+        agent_id = page.locator("tr", has_text=name).get_attribute("data-agent-id")
+        context.close()
+        ui_server.api().delete(f"/api/v1/agents/{agent_id}")
+
+
 class TestSettings:
     def test_maintainer_changes_a_setting_and_it_stays(
         self, admin_page: Any, ui_server: UiServer, make_repo: Callable[..., Repo]
@@ -415,6 +623,8 @@ class TestEscaping:
         ).wait_for()
         assert XSS in page.locator(".run-facts").inner_text()
         assert branch in page.locator(".run-facts").inner_text()
+        assert branch in page.locator("#run-history").inner_text()
+        assert page.locator("#run-history svg, #run-history img").count() == 0
         page.goto(ui_server.url + "/")
         assert XSS in page.locator("table.runs").inner_text()
         assert page.locator("table.runs img, .log-row img, .run-facts img, svg").count() == 0
@@ -462,6 +672,7 @@ class TestScreenshots:
         name = unique(f"shots{width}")
         create_project(api, name, make_repo({".conveyor.yml": LIVE_PIPELINE}))
         run = wait_for_run(api, trigger(api, name)["id"])
+        spare = api.post("/api/v1/agents", json={"name": unique(f"spare{width}")}).json()
         context = browser.new_context(viewport={"width": width, "height": 900})
         page = context.new_page()
         sign_in(page, ui_server)
@@ -471,6 +682,7 @@ class TestScreenshots:
             "settings": f"/ui/projects/{name}/settings",
             "run": f"/ui/runs/{run['id']}",
             "agents": "/ui/agents",
+            "agent-delete": f"/ui/agents/{spare['id']}/delete",
             "users": "/ui/users",
         }
         crowded = []
@@ -481,5 +693,13 @@ class TestScreenshots:
             screenshot(page, f"{label}-{width}")
             if not no_horizontal_overflow(page):
                 crowded.append(label)
+            if label == "agents":
+                # Every agent's buttons in sight, not scrolled away inside the table.
+                buttons = page.locator("table.agents button")
+                assert buttons.count() >= 4
+                for index in range(buttons.count()):
+                    box = buttons.nth(index).bounding_box()
+                    assert box is not None and box["x"] + box["width"] <= width, label
         context.close()
+        api.delete(f"/api/v1/agents/{spare['id']}")
         assert crowded == [], f"pages wider than {width}px: {crowded}"

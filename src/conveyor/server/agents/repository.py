@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import func, select, update
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from conveyor.protocol.status import Status
@@ -17,9 +17,10 @@ from conveyor.server.models.project import Project
 from conveyor.server.models.run import Run
 from conveyor.server.models.step import Step
 
-# A claim looks at no more queued jobs than this at once; enough for any realistic
-# mix of labels and concurrency limits, and a bounded cost when the queue is long.
-CANDIDATE_WINDOW = 2000
+# A claim reads the queue in pages of at least this many jobs (twice what it wants, if
+# more), from the front, and stops once it has what it wants: its cost follows what it
+# takes and what it has to pass over, not the length of the queue.
+CLAIM_PAGE_SIZE = 16
 
 
 def open_write_session(factory: sessionmaker[Session]) -> Session:
@@ -38,6 +39,8 @@ class QueuedCandidate:
     labels: list[str]
     project_id: int
     concurrency_limit: int | None
+    priority: int
+    queued_at: datetime
 
 
 def agent_by_token_hash(session: Session, token_hash: str) -> Agent | None:
@@ -52,17 +55,89 @@ def list_agents(session: Session) -> Sequence[Agent]:
     return session.scalars(select(Agent).order_by(Agent.name)).all()
 
 
-def queued_candidates(session: Session) -> list[QueuedCandidate]:
-    """Queued jobs in the order they are given out: highest priority, then oldest."""
-    rows = session.execute(
-        select(Job.id, Job.labels, Run.project_id, Project.concurrency_limit)
+def queued_candidates(
+    session: Session,
+    *,
+    labels: Collection[str],
+    now: datetime,
+    limit: int,
+    after: QueuedCandidate | None = None,
+    skip_projects: Collection[int] = (),
+) -> list[QueuedCandidate]:
+    """One page of the claimable queue, in the order jobs are given out (highest priority,
+    then oldest, then lowest id; the order of `ix_jobs_queue`, so the database reads the
+    page off the index): queued jobs that are due (`claimable_at`), whose labels are all
+    among `labels`, past `after` (the last candidate of the previous page), and not of
+    `skip_projects` (projects found at their concurrency limit)."""
+    statement = (
+        select(
+            Job.id,
+            Job.labels,
+            Run.project_id,
+            Project.concurrency_limit,
+            Job.priority,
+            Job.queued_at,
+        )
         .join(Run, Run.id == Job.run_id)
         .join(Project, Project.id == Run.project_id)
-        .where(Job.status == Status.QUEUED)
+        .where(
+            Job.status == Status.QUEUED,
+            or_(Job.claimable_at.is_(None), Job.claimable_at <= now),
+            dialect.json_array_within(Job.labels, list(labels)),
+        )
         .order_by(Job.priority.desc(), Job.queued_at, Job.id)
-        .limit(CANDIDATE_WINDOW)
-    ).all()
-    return [QueuedCandidate(row[0], list(row[1] or []), row[2], row[3]) for row in rows]
+        .limit(limit)
+    )
+    if after is not None:
+        # Keyset pagination in the index's order; the first bound lets the database
+        # start its index scan at the cursor's priority, not at the front of the queue.
+        statement = statement.where(
+            Job.priority <= after.priority,
+            or_(
+                Job.priority < after.priority,
+                Job.queued_at > after.queued_at,
+                and_(Job.queued_at == after.queued_at, Job.id > after.job_id),
+            ),
+        )
+    if skip_projects:
+        statement = statement.where(Run.project_id.not_in(sorted(skip_projects)))
+    return [
+        QueuedCandidate(row[0], list(row[1] or []), row[2], row[3], row[4], row[5])
+        for row in session.execute(statement)
+    ]
+
+
+def next_claimable_at(session: Session, now: datetime) -> datetime | None:
+    """When the next queued job that waits out a back-off comes due (None: none waits)."""
+    statement = select(func.min(Job.claimable_at)).where(
+        Job.status == Status.QUEUED, Job.claimable_at > now
+    )
+    return session.scalar(statement)
+
+
+def running_jobs_with_timeout(session: Session) -> list[tuple[int, datetime, float]]:
+    """(id, started_at, timeout_seconds) of the running jobs that have a timeout; the
+    caller decides which ran too long (few rows: at most the agents' total capacity)."""
+    statement = select(Job.id, Job.started_at, Job.timeout_seconds).where(
+        Job.status == Status.RUNNING,
+        Job.timeout_seconds.is_not(None),
+        Job.started_at.is_not(None),
+    )
+    return [
+        (int(job_id), started_at, float(timeout))
+        for job_id, started_at, timeout in session.execute(statement.order_by(Job.id))
+        if started_at is not None and timeout is not None
+    ]
+
+
+def runs_with_projects(session: Session, run_ids: Sequence[int]) -> dict[int, tuple[Run, Project]]:
+    """Per run id: the run and its project, in one query."""
+    if not run_ids:
+        return {}
+    statement = (
+        select(Run, Project).join(Project, Project.id == Run.project_id).where(Run.id.in_(run_ids))
+    )
+    return {run.id: (run, project) for run, project in session.execute(statement)}
 
 
 def lock_queued_job(session: Session, job_id: int) -> Job | None:

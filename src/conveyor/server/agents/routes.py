@@ -22,6 +22,7 @@ from conveyor.protocol.agents import (
     HeartbeatResponse,
     JobReport,
     LogAppended,
+    LogChunk,
     StepReport,
     UploadStart,
     UploadState,
@@ -199,34 +200,67 @@ def _authenticated_agent_id(factory: sessionmaker[Session], token: str) -> int:
 
 def _claim_once(
     factory: sessionmaker[Session], settings: Settings, agent_id: int, free_slots: int
-) -> ClaimResponse:
+) -> tuple[ClaimResponse, float | None]:
+    """The claim, and when it gave nothing, the seconds until a job waiting out a
+    back-off comes due (None: none waits)."""
     with repository.open_write_session(factory) as session:
         response = service.claim(session, settings, agent_id, free_slots)
+        due_in = None if response.jobs else service.seconds_until_claimable(session)
         session.commit()
-        return response
+        return response, due_in
 
 
 @router.post("/agent/claim", response_model=ClaimResponse)
 async def claim(body: ClaimRequest, request: Request, settings: AppSettings) -> ClaimResponse:
     """Jobs for the agent's free slots; when there are none, the request waits (up to
-    `wait` seconds) for a job to be queued or for a cancel of one of its jobs."""
+    `wait` seconds) for a job to be queued, for a job's back-off to end, or for a
+    cancel of one of its jobs."""
     factory = _session_factory(request)
     agent_id = await run_in_threadpool(_authenticated_agent_id, factory, bearer_token(request))
     bus: EventBus = request.app.state.event_bus
     loop = asyncio.get_running_loop()
     deadline = loop.time() + body.wait
+    gone = asyncio.ensure_future(_until_gone(request))
     # Subscribed before looking, so a job queued between the look and the wait still
     # wakes this request.
-    with bus.subscribe(["queue", f"agent:{agent_id}"]) as subscription:
-        while True:
-            response = await run_in_threadpool(
-                _claim_once, factory, settings, agent_id, body.free_slots
-            )
-            remaining = deadline - loop.time()
-            if response.jobs or response.cancel or remaining <= 0:
-                return response
-            if await subscription.get(within=remaining) is None:
-                return response
+    try:
+        with bus.subscribe(["queue", f"agent:{agent_id}"]) as subscription:
+            while True:
+                response, due_in = await run_in_threadpool(
+                    _claim_once, factory, settings, agent_id, body.free_slots
+                )
+                remaining = deadline - loop.time()
+                if response.jobs or response.cancel or remaining <= 0 or gone.done():
+                    return response
+                # No event marks the end of a back-off: the wait is cut short to look
+                # again when the next such job comes due (a hair after, so it is due by
+                # then). Claims with nothing in back-off wait for events alone.
+                wake_in = remaining if due_in is None else min(remaining, due_in + 0.01)
+                waiting = asyncio.ensure_future(subscription.get(within=wake_in))
+                await asyncio.wait({waiting, gone}, return_when=asyncio.FIRST_COMPLETED)
+                if not waiting.done():
+                    waiting.cancel()
+                    return response  # the agent hung up, or the server is stopping
+                if waiting.result() is None and wake_in >= remaining:
+                    return response
+    finally:
+        gone.cancel()
+
+
+async def _until_gone(request: Request) -> None:
+    """Returns when a waiting claim has no one left to answer: the agent closed the
+    connection, or the server began to stop (`app.state.stopping`, set by `conveyor
+    server` on SIGTERM/SIGINT), so that a stop does not wait out the long polls."""
+    stopping: asyncio.Event | None = getattr(request.app.state, "stopping", None)
+    # The body was read already: what the connection can still bring is its end.
+    waits: set[asyncio.Future[Any]] = {asyncio.ensure_future(request.receive())}
+    if stopping is not None:
+        waits.add(asyncio.ensure_future(stopping.wait()))
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()
 
 
 @router.post("/agent/heartbeat", response_model=HeartbeatResponse)
@@ -244,12 +278,13 @@ def _append_log(
     index: int,
     lease_id: str | None,
     offset: int,
-    data: bytes,
+    chunk: LogChunk,
 ) -> LogAppended:
     job = service.check_lease(session, agent, job_id, lease_id)
     step = service.step_for(session, job, index)
     secrets = service.project_secrets(session, settings, service.job_project(session, job))
-    return logs_service.append(session, settings, step, offset, data, secrets)
+    times = logs_service.times_of(chunk)
+    return logs_service.append(session, settings, step, offset, chunk.data, secrets, times)
 
 
 @router.put("/agent/jobs/{job_id}/steps/{index}/log", response_model=LogAppended)
@@ -264,10 +299,10 @@ async def append_log(
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> LogAppended:
     """Raw log bytes at a byte offset; 409 `log_gap` with the size the server holds
-    when the offset is past it."""
-    data = await request.body()
+    when the offset is past it. A `LogChunk` body carries the lines' times too."""
+    chunk = logs_service.decode_chunk(request.headers.get("content-type"), await request.body())
     return await run_in_threadpool(
-        _append_log, session, settings, agent, job_id, index, lease_id, offset, data
+        _append_log, session, settings, agent, job_id, index, lease_id, offset, chunk
     )
 
 

@@ -15,7 +15,8 @@ class AgentStatus(StrEnum):
     ONLINE = "online"
     """Enabled, and heard from (heartbeat or claim) within the lease duration."""
     OFFLINE = "offline"
-    """Enabled, but silent for longer than the lease duration (or never registered)."""
+    """Enabled, but silent for longer than the lease duration (or never registered), or
+    found lost since it was last heard from: the lease reaper took a job from it."""
     DISABLED = "disabled"
     """Takes no new jobs; finishes the ones it runs."""
 

@@ -12,16 +12,24 @@ Rules that are not obvious:
   agent's job is refused (403), one on a stale or expired lease too (409), and neither
   changes anything.
 - A lease that runs out (agent lost) puts the job back in the queue while attempts
-  remain, else ends it in `error`.
+  remain, else ends it in `error`. A job put back waits out an exponential back-off
+  before it may be claimed again (`retry_backoff_seconds` doubled per attempt, at most
+  `retry_backoff_max_seconds`), so that a job that kills its agents does not kill the
+  next one at once; a claim that waits wakes when the back-off ends.
+- The server backs up the agent's own enforcement of a job's timeout: a job still
+  running `job_timeout_grace_seconds` after its timeout ends in `error`, its lease
+  released; its agent is told to stop at its next heartbeat.
 - An agent is online when it was heard from (heartbeat or claim) within the lease
-  duration: past that, the lease reaper treats its jobs as lost, so the status says
-  the same as the reaper does. A disabled agent claims nothing and finishes what it
-  runs; a deleted one's running jobs (only with `force`) go back to the queue.
+  duration, and not since lost: once the reaper took a job from it because the lease
+  ran out, it is offline until it is heard from again, so the status says what the
+  reaper did. A disabled agent claims nothing and finishes what it runs; a deleted
+  one's running jobs (only with `force`) go back to the queue.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import secrets
 from collections.abc import Sequence
 from datetime import datetime, timedelta
@@ -173,12 +181,21 @@ def get_agent(session: Session, actor: Actor, agent_id: int) -> Agent:
 
 
 def agent_status(settings: Settings, agent: Agent, now: datetime) -> AgentStatus:
+    """Disabled; else online when heard from within the lease duration and not found
+    lost since (`Agent.lost_at`, cleared when it is heard from again); else offline."""
     if not agent.enabled:
         return AgentStatus.DISABLED
+    if agent.lost_at is not None:
+        return AgentStatus.OFFLINE
     heard = agent.last_heartbeat_at
     if heard is not None and now - heard <= timedelta(seconds=settings.lease_seconds):
         return AgentStatus.ONLINE
     return AgentStatus.OFFLINE
+
+
+def _heard_from(agent: Agent, now: datetime) -> None:
+    agent.last_heartbeat_at = now
+    agent.lost_at = None
 
 
 def describe_agents(
@@ -256,7 +273,7 @@ def register(
     # The table has no column of its own for the backend; it is part of the platform.
     platform = f"{info.platform} / {info.backend}" if info.backend else info.platform
     agent.platform = platform[:100]
-    agent.last_heartbeat_at = utcnow()
+    _heard_from(agent, utcnow())
     session.flush()
     return AgentRegistered(
         agent_id=agent.id,
@@ -291,60 +308,124 @@ def claim(
         taken = _take_jobs(session, settings, agent, wanted, now)
     agent.running = held + len(taken)
     # A claim is a sign of life as good as a heartbeat (see `agent_status`); written at
-    # most every half heartbeat, so that a busy claim loop does not write on every turn.
+    # most every half heartbeat, so that a busy claim loop does not write on every turn,
+    # and at once by an agent that was found lost.
     heard = agent.last_heartbeat_at
-    if heard is None or now - heard >= timedelta(seconds=settings.heartbeat_seconds / 2):
-        agent.last_heartbeat_at = now
+    stale = heard is None or now - heard >= timedelta(seconds=settings.heartbeat_seconds / 2)
+    if stale or agent.lost_at is not None:
+        _heard_from(agent, now)
     session.flush()
-    specs = [job_spec(session, settings, job) for job in taken]
-    return ClaimResponse(jobs=specs, cancel=cancel)
+    return ClaimResponse(jobs=job_specs(session, settings, taken), cancel=cancel)
 
 
 def _take_jobs(
     session: Session, settings: Settings, agent: Agent, wanted: int, now: datetime
 ) -> list[Job]:
-    labels = set(agent.labels or [])
+    labels = sorted(set(agent.labels or []))
     running_by_project: dict[int, int] = {}
+    full_projects: set[int] = set()
     taken: list[Job] = []
-    for candidate in repository.queued_candidates(session):
-        if not set(candidate.labels) <= labels:
-            continue
-        limit = candidate.concurrency_limit
-        if limit is not None:
-            if candidate.project_id not in running_by_project:
-                repository.lock_project(session, candidate.project_id)
-                running_by_project[candidate.project_id] = repository.running_job_count(
-                    session, candidate.project_id
-                )
-            if running_by_project[candidate.project_id] >= limit:
-                continue
-        job = repository.lock_queued_job(session, candidate.job_id)
-        if job is None:
-            continue  # another claimer holds or took it
-        lease_id = secrets.token_hex(16)
-        if not repository.reserve_queued_job(session, job.id, lease_id):
-            continue
-        state.start_job(
+    page_size = max(repository.CLAIM_PAGE_SIZE, 2 * wanted)
+    last: repository.QueuedCandidate | None = None
+    while len(taken) < wanted:
+        page = repository.queued_candidates(
             session,
-            job,
-            agent_id=agent.id,
-            lease_id=lease_id,
-            lease_expires_at=now + timedelta(seconds=settings.lease_seconds),
+            labels=labels,
             now=now,
+            limit=page_size,
+            after=last,
+            skip_projects=full_projects,
         )
-        if limit is not None:
-            running_by_project[candidate.project_id] += 1
-        taken.append(job)
-        if len(taken) == wanted:
-            break
+        for candidate in page:
+            job = _take_candidate(session, settings, agent, candidate, running_by_project, now)
+            if job is not None:
+                taken.append(job)
+                if len(taken) == wanted:
+                    break
+            limit = candidate.concurrency_limit
+            if limit is not None and running_by_project.get(candidate.project_id, 0) >= limit:
+                # The next pages leave the project's jobs out in SQL: a long queue of one
+                # limited project costs a claim one page, not the whole project.
+                full_projects.add(candidate.project_id)
+        if len(page) < page_size:
+            break  # the end of the claimable queue
+        last = page[-1]
     return taken
 
 
-def job_spec(session: Session, settings: Settings, job: Job) -> JobSpec:
-    run = session.get(Run, job.run_id)
-    assert run is not None  # jobs are deleted with their run
-    project = session.get(Project, run.project_id)
-    assert project is not None  # runs are deleted with their project
+def _take_candidate(
+    session: Session,
+    settings: Settings,
+    agent: Agent,
+    candidate: repository.QueuedCandidate,
+    running_by_project: dict[int, int],
+    now: datetime,
+) -> Job | None:
+    """Start `candidate` on `agent` if its project has room and no other claimer holds
+    or took it; the job when it is now this agent's."""
+    # Labels were matched in SQL; checked again because a job given to the wrong
+    # machine is far worse than the cost of a set comparison.
+    if not set(candidate.labels) <= set(agent.labels or []):
+        return None
+    limit = candidate.concurrency_limit
+    if limit is not None:
+        if candidate.project_id not in running_by_project:
+            repository.lock_project(session, candidate.project_id)
+            running_by_project[candidate.project_id] = repository.running_job_count(
+                session, candidate.project_id
+            )
+        if running_by_project[candidate.project_id] >= limit:
+            return None
+    job = repository.lock_queued_job(session, candidate.job_id)
+    if job is None:
+        return None  # another claimer holds or took it
+    lease_id = secrets.token_hex(16)
+    if not repository.reserve_queued_job(session, job.id, lease_id):
+        return None
+    state.start_job(
+        session,
+        job,
+        agent_id=agent.id,
+        lease_id=lease_id,
+        lease_expires_at=now + timedelta(seconds=settings.lease_seconds),
+        now=now,
+    )
+    if limit is not None:
+        running_by_project[candidate.project_id] += 1
+    return job
+
+
+def seconds_until_claimable(session: Session, *, now: datetime | None = None) -> float | None:
+    """Seconds until the next job that waits out a back-off may be claimed (None when
+    no job waits so): how long a long-polling claim may sleep before it looks again."""
+    now = now or utcnow()
+    due = repository.next_claimable_at(session, now)
+    return None if due is None else max(0.0, (due - now).total_seconds())
+
+
+def job_specs(session: Session, settings: Settings, jobs: Sequence[Job]) -> list[JobSpec]:
+    """What the agent needs to run each of `jobs` (claimed, so under a lease): their
+    runs and projects read in one query, each project's secrets decrypted once."""
+    if not jobs:
+        return []
+    runs = repository.runs_with_projects(session, sorted({job.run_id for job in jobs}))
+    secrets_by_project: dict[int, dict[str, str]] = {}
+    specs: list[JobSpec] = []
+    for job in jobs:
+        run, project = runs[job.run_id]  # jobs are deleted with their run
+        # Fork pull requests run code nobody of the project reviewed: no secrets.
+        secrets: dict[str, str] = {}
+        if not run.secrets_withheld:
+            if project.id not in secrets_by_project:
+                secrets_by_project[project.id] = project_secrets(session, settings, project)
+            secrets = secrets_by_project[project.id]
+        specs.append(_job_spec(settings, job, run, project, secrets))
+    return specs
+
+
+def _job_spec(
+    settings: Settings, job: Job, run: Run, project: Project, secrets: dict[str, str]
+) -> JobSpec:
     assert job.lease_id is not None and job.lease_expires_at is not None
     return JobSpec(
         job_id=job.id,
@@ -364,8 +445,7 @@ def job_spec(session: Session, settings: Settings, job: Job) -> JobSpec:
         ),
         event=run.event,
         variables={str(k): str(v) for k, v in (run.variables or {}).items()},
-        # Fork pull requests run code nobody of the project reviewed: no secrets.
-        secrets={} if run.secrets_withheld else project_secrets(session, settings, project),
+        secrets=dict(secrets),
         plan=JobPlan.model_validate(job.plan),
     )
 
@@ -392,6 +472,8 @@ def explain_waiting(
     """For each queued job among `jobs` (others are left out), why it waits, in words.
     The first reason that holds, in the order the claim checks them:
 
+    - "retrying after agent X was lost; due in 8 s": it went back to the queue and
+      waits out its back-off;
     - "no online agent has labels X, Y" (or "no agent is online" for a job without
       labels): no enabled agent heard from within the lease carries all its labels;
     - "project concurrency limit reached (N of N running)";
@@ -416,6 +498,11 @@ def explain_waiting(
     )
     reasons: dict[int, str] = {}
     for job in queued:
+        if job.claimable_at is not None and job.claimable_at > now:
+            due_in = describe_wait((job.claimable_at - now).total_seconds())
+            after = job.error_message or "its agent was lost"
+            reasons[job.id] = f"retrying after {after}; due in {due_in}"
+            continue
         wanted = set(job.labels or [])
         matching = [agent for agent in online if wanted <= set(agent.labels or [])]
         project_id, limit = projects.get(job.id, (0, None))
@@ -435,6 +522,15 @@ def explain_waiting(
         else:
             reasons[job.id] = "waiting for an agent to claim it"
     return reasons
+
+
+def describe_wait(seconds: float) -> str:
+    """A wait in words, rounded up to the second: "8 s", "2 min 5 s", "5 min"."""
+    whole = max(1, math.ceil(seconds))
+    if whole < 60:
+        return f"{whole} s"
+    minutes, rest = divmod(whole, 60)
+    return f"{minutes} min {rest} s" if rest else f"{minutes} min"
 
 
 def explain_waiting_runs(
@@ -515,15 +611,28 @@ def heartbeat(
     # Jobs before the agent row, in that order everywhere (claims and reports too):
     # one flush would write the agent first and deadlock with a concurrent report.
     session.flush()
-    agent.last_heartbeat_at = now
+    _heard_from(agent, now)
     session.flush()
     return HeartbeatResponse(cancel=cancel, lease_expires_in=settings.lease_seconds)
 
 
-def release_expired_leases(session: Session, *, now: datetime | None = None) -> list[int]:
-    """Jobs whose lease ran out: back to the queue while attempts remain, else `error`
-    ("agent <name> lost"); cancelled jobs whose agent never confirmed just lose the
-    lease. Returns the ids handled. The caller commits."""
+def retry_backoff(settings: Settings, attempts: int) -> timedelta:
+    """How long a job whose agent was lost on attempt `attempts` (1 for the first) waits
+    before it may be claimed again: the base, doubled per further attempt, capped."""
+    exponent = max(0, attempts - 1)
+    # Capped before the power grows: a job with many attempts must not overflow.
+    seconds = settings.retry_backoff_seconds * 2 ** min(exponent, 32)
+    return timedelta(seconds=min(seconds, settings.retry_backoff_max_seconds))
+
+
+def release_expired_leases(
+    session: Session, settings: Settings, *, now: datetime | None = None
+) -> list[int]:
+    """Jobs whose lease ran out: back to the queue while attempts remain, claimable
+    after their back-off (`retry_backoff`), else `error` ("agent <name> was lost");
+    cancelled jobs whose agent never confirmed just lose the lease. The agent each was
+    taken from shows offline until it is heard from again. Returns the ids handled.
+    The caller commits."""
     now = now or utcnow()
     handled: list[int] = []
     for job_id in repository.expired_lease_job_ids(session, now):
@@ -533,18 +642,70 @@ def release_expired_leases(session: Session, *, now: datetime | None = None) -> 
         if job.lease_expires_at >= now:
             continue  # a heartbeat extended it meanwhile
         agent = session.get(Agent, job.agent_id) if job.agent_id is not None else None
-        reason = f"agent {agent.name if agent else '(deleted)'} lost"
+        reason = f"agent {agent.name if agent else '(deleted)'} was lost"
         if job.status is Status.RUNNING and job.attempts < job.max_attempts:
-            state.requeue_job(session, job, reason=reason, now=now)
+            state.requeue_job(
+                session,
+                job,
+                reason=reason,
+                now=now,
+                claimable_at=now + retry_backoff(settings, job.attempts),
+            )
         elif job.status is Status.RUNNING:
             state.finish_job(session, job, Status.ERROR, message=reason, now=now)
         else:
             state.release_job(session, job)
         if agent is not None:
             agent.running = max(0, agent.running - 1)
+            agent.lost_at = now
         handled.append(job_id)
     session.flush()
     return handled
+
+
+def describe_duration(seconds: float) -> str:
+    """A duration the way pipeline files write it: "0.5s", "90s", "10m", "1h30m", "2h"."""
+    if seconds < 60:
+        return f"{seconds:g}s"
+    whole = round(seconds)
+    if whole % 60:
+        return f"{whole}s"
+    minutes = whole // 60
+    if minutes < 60 or minutes % 60:
+        return f"{minutes}m" if minutes < 60 else f"{minutes // 60}h{minutes % 60}m"
+    return f"{minutes // 60}h"
+
+
+def end_overdue_jobs(
+    session: Session, settings: Settings, *, now: datetime | None = None
+) -> list[int]:
+    """The server's backstop for job timeouts (the agent enforces them): running jobs
+    whose timeout plus `job_timeout_grace_seconds` has passed since they started end in
+    `error` ("timed out on the server after 10m (the agent did not report)"), their
+    lease released, so that a stuck agent cannot hold a job (and its run) forever. The
+    agent learns at its next heartbeat that the job is no longer its own and stops it;
+    reports on the old lease are refused. `error`, not the `failure` an agent reports
+    for a timeout: the server cannot tell slow code from an agent that stopped working.
+    Returns the ids ended. The caller commits."""
+    now = now or utcnow()
+    grace = timedelta(seconds=settings.job_timeout_grace_seconds)
+    ended: list[int] = []
+    for job_id, started_at, timeout in repository.running_jobs_with_timeout(session):
+        if started_at + timedelta(seconds=timeout) + grace >= now:
+            continue
+        job = repository.lock_job(session, job_id)
+        if job is None or job.status is not Status.RUNNING or job.started_at != started_at:
+            continue  # it ended, or was requeued and started again, meanwhile
+        agent = session.get(Agent, job.agent_id) if job.agent_id is not None else None
+        message = (
+            f"timed out on the server after {describe_duration(timeout)} (the agent did not report)"
+        )
+        state.finish_job(session, job, Status.ERROR, message=message, now=now)
+        if agent is not None:
+            agent.running = max(0, agent.running - 1)
+        ended.append(job_id)
+    session.flush()
+    return ended
 
 
 # --- reports -----------------------------------------------------------------------------

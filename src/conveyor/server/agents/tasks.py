@@ -14,12 +14,20 @@ from conveyor.server.config import Settings
 logger = logging.getLogger("conveyor.server.agents")
 
 
-def release_expired_leases_once(factory: sessionmaker[Session]) -> list[int]:
+def release_expired_leases_once(factory: sessionmaker[Session], settings: Settings) -> list[int]:
     """One pass of the lease reaper, in its own transaction."""
     with repository.open_write_session(factory) as session:
-        handled = service.release_expired_leases(session)
+        handled = service.release_expired_leases(session, settings)
         session.commit()
         return handled
+
+
+def end_overdue_jobs_once(factory: sessionmaker[Session], settings: Settings) -> list[int]:
+    """One pass of the server's job-timeout backstop, in its own transaction."""
+    with repository.open_write_session(factory) as session:
+        ended = service.end_overdue_jobs(session, settings)
+        session.commit()
+        return ended
 
 
 def reaper_interval(settings: Settings) -> float:
@@ -28,15 +36,21 @@ def reaper_interval(settings: Settings) -> float:
 
 
 async def reap_expired_leases(factory: sessionmaker[Session], settings: Settings) -> None:
-    """Forever: requeue (or end in `error`) the jobs whose agent stopped heartbeating."""
+    """Forever: requeue (or end in `error`) the jobs whose agent stopped heartbeating,
+    and end in `error` the jobs that outran their timeout without a report."""
     interval = reaper_interval(settings)
     while True:
         try:
-            handled = await run_in_threadpool(release_expired_leases_once, factory)
+            handled = await run_in_threadpool(release_expired_leases_once, factory, settings)
+            ended = await run_in_threadpool(end_overdue_jobs_once, factory, settings)
         except Exception:
             # A database hiccup must not end the duty; the next pass tries again.
             logger.exception("the lease reaper failed; retrying in %.1fs", interval)
         else:
             if handled:
                 logger.info("released the expired leases of jobs %s", handled)
+            if ended:
+                logger.warning(
+                    "ended jobs %s: their timeout passed and their agents did not report", ended
+                )
         await asyncio.sleep(interval)

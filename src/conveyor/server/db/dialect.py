@@ -10,9 +10,15 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import JSON, Engine, Select, event, make_url
+from sqlalchemy import JSON, Boolean, Engine, Select, event, exists, func, literal, make_url
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import URL
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.orm import QueryableAttribute
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.sql.expression import type_coerce
+from sqlalchemy.sql.visitors import InternalTraversal
 from sqlalchemy.types import TypeEngine
 
 from conveyor.server.errors import InvalidInputError
@@ -155,3 +161,42 @@ def lock_for_claim(statement: Select[Any], *, skip_locked: bool) -> Select[Any]:
     The lock is `NO KEY UPDATE`, so rows that merely reference the locked one (steps
     of a job, runs of a project) can still be written meanwhile."""
     return statement.with_for_update(skip_locked=skip_locked, key_share=True)
+
+
+JsonColumn = ColumnElement[Any] | QueryableAttribute[Any]
+
+
+class _JsonArrayWithin(ColumnElement[bool]):
+    """`json_array_within`: both spellings are built up front, the compiler picks one."""
+
+    inherit_cache = True
+    # Both spellings make the cache key, so that statements holding this one are cached.
+    # (SQLAlchemy declares this list an instance attribute, hence no ClassVar.)
+    _traverse_internals: list[tuple[str, InternalTraversal]] = [  # noqa: RUF012
+        ("sqlite", InternalTraversal.dp_clauseelement),
+        ("postgresql", InternalTraversal.dp_clauseelement),
+    ]
+    type = Boolean()
+
+    def __init__(self, column: JsonColumn, values: list[str]) -> None:
+        elements = func.json_each(column).table_valued("value")
+        self.sqlite: ColumnElement[bool] = ~exists().where(elements.c.value.not_in(values))
+        self.postgresql: ColumnElement[bool] = type_coerce(column, JSONB).contained_by(
+            literal(values, JSONB)
+        )
+
+
+@compiles(_JsonArrayWithin, "sqlite")
+def _compile_within_sqlite(element: _JsonArrayWithin, compiler: SQLCompiler, **kw: Any) -> str:
+    return compiler.process(element.sqlite, **kw)
+
+
+@compiles(_JsonArrayWithin, "postgresql")
+def _compile_within_postgresql(element: _JsonArrayWithin, compiler: SQLCompiler, **kw: Any) -> str:
+    return compiler.process(element.postgresql, **kw)
+
+
+def json_array_within(column: JsonColumn, values: list[str]) -> ColumnElement[bool]:
+    """True where the JSON array in `column` holds only strings among `values` (an empty
+    array always): `json_each` on SQLite, JSONB containment (`<@`) on PostgreSQL."""
+    return _JsonArrayWithin(column, sorted(set(values)))

@@ -1,15 +1,18 @@
 """Step logs over HTTP (line ranges, raw download) and WebSocket (live streams).
 
-    GET /api/v1/steps/{step}/log?start=&end=   {start, lines, total}   lines as text
+    GET /api/v1/steps/{step}/log?start=&end=   {start, lines, total, times}   lines as text
     GET /api/v1/steps/{step}/log/raw           the whole log, text/plain, attachment
     WS  /api/v1/runs/{run}/logs/ws?step=|job=[&index=]&offset=
     WS  /jobs/{job}/ws?index=&offset=          (the cicd service's path: a whole job)
 
+`times` (one per line) and `time_runs` say when lines started, in ms since the epoch
+(null: unknown); `time_runs` is `[[time, count], ...]`, `count` lines in a row at `time`.
+
 WebSocket messages are JSON: `{"type": "status", "step", "job", "index", "name",
-"status"}`, `{"type": "lines", "step", "start", "lines"}`, `{"type": "end", "status"}`;
-a refused stream gets `{"type": "error", "error": {code, message, detail}}` and is
-closed with code 4000 + the HTTP status (4401, 4403, 4404, 4422). WebSockets
-authenticate with the session cookie, `Authorization: Bearer`, or `?token=`.
+"status"}`, `{"type": "lines", "step", "start", "lines", "time_runs"}`, `{"type":
+"end", "status"}`; a refused stream gets `{"type": "error", "error": {code, message,
+detail}}` and is closed with code 4000 + the HTTP status (4401, 4403, 4404, 4422).
+WebSockets authenticate with the session cookie, `Authorization: Bearer`, or `?token=`.
 """
 
 from __future__ import annotations
@@ -58,8 +61,9 @@ def read_log_lines(
     context = service.step_for_reading(session, actor, step_id)
     secrets = service.step_secrets(session, settings, context.project)
     lines = service.read_text_range(settings, context.step, start, end, secrets)
+    times = service.read_times(settings, context.step, start, len(lines))
     total = max(context.step.log_line_count, start + len(lines))
-    return LogLines(start=start, lines=lines, total=total)
+    return LogLines(start=start, lines=lines, total=total, times=times)
 
 
 @router.get("/api/v1/steps/{step_id}/log/raw", response_class=StreamingResponse)
@@ -211,10 +215,51 @@ async def _until_disconnected(websocket: WebSocket) -> None:
             return
 
 
+CheckKey = tuple[str, str, str | None, str | None]
+
+
+def _same_request(websocket: WebSocket) -> CheckKey:
+    """What decides a stream's check: the path and query (the target, `?token=`) and
+    the credentials in the headers."""
+    headers = websocket.headers
+    return (
+        websocket.url.path,
+        websocket.url.query,
+        headers.get("authorization"),
+        headers.get("cookie"),
+    )
+
+
+async def _check_once(websocket: WebSocket, plan: Callable[[], Follow]) -> Follow:
+    """`plan` in the thread pool, shared by the identical requests that arrive while it
+    runs: a hundred viewers opening one job at once cost one check (one database
+    read), not a hundred in a row in the pool, ahead of the agent's log appends.
+    Only requests in flight together share it, so nothing is answered from a stale
+    check; a refusal is every sharer's."""
+    state = websocket.app.state
+    checking: dict[CheckKey, asyncio.Future[Follow]] | None = getattr(
+        state, "log_stream_checks", None
+    )
+    if checking is None:
+        checking = state.log_stream_checks = {}
+    key = _same_request(websocket)
+    running = checking.get(key)
+    if running is None:
+        running = asyncio.ensure_future(run_in_threadpool(plan))
+        checking[key] = running
+
+        def forget(done: asyncio.Future[Follow], key: CheckKey = key) -> None:
+            if checking.get(key) is done:
+                del checking[key]
+
+        running.add_done_callback(forget)
+    return await asyncio.shield(running)
+
+
 async def _serve(websocket: WebSocket, plan: Callable[[], Follow]) -> None:
     await websocket.accept()
     try:
-        follow = await run_in_threadpool(plan)
+        follow = await _check_once(websocket, plan)
     except ConveyorError as error:
         with contextlib.suppress(WebSocketDisconnect, RuntimeError):
             await websocket.send_text(json.dumps({"type": "error", **error.to_body()}))

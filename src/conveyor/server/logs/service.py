@@ -8,7 +8,15 @@ forever after. So the server's own masking (the second line of defence, for a se
 the agent missed or one added after the step ran) is applied when the log is SERVED:
 line ranges, raw download and WebSocket streams all go through `Masker`.
 
-Appends, `append(session, settings, step, offset, data, secrets)`:
+Times. Beside each log, `logstore` keeps when each line started (a `.times` file of
+one record per line; the log bytes stay as the step printed them). An agent sends the
+times of the lines that start in each batch (`protocol.agents.LogChunk`); a batch
+without them (an older agent) is stamped with its arrival. Of a resent batch whose
+head is already stored, only the tail is written, with the last of its times, which
+are those of the tail's lines. Line ranges and streams serve the times beside the
+lines, in ms since the epoch.
+
+Appends, `append(session, settings, step, offset, data, secrets, line_times)`:
 
     offset == held size               append all of `data`
     offset <  held < offset+len(data) append only the new tail (a resent, longer batch)
@@ -34,13 +42,13 @@ from pathlib import Path
 from sqlalchemy.orm import Session, object_session
 
 from conveyor.agent.masking import Masker
-from conveyor.logstore import read_lines
-from conveyor.protocol.agents import LogAppended
+from conveyor.logstore import LineTimes, read_line_times, read_lines
+from conveyor.protocol.agents import InvalidLogChunkError, LogAppended, LogChunk
 from conveyor.server.config import Settings
 from conveyor.server.errors import ConflictError, InvalidInputError, NotFoundError
 from conveyor.server.events import Event, publish_after_commit
 from conveyor.server.logs import repository
-from conveyor.server.logs.paths import step_log_path
+from conveyor.server.logs.paths import log_attempt, step_log_path
 from conveyor.server.logs.writers import OpenLogs
 from conveyor.server.models.job import Job
 from conveyor.server.models.project import Project
@@ -82,6 +90,29 @@ class InvalidLogRangeError(InvalidInputError):
     code = "invalid_log_range"
 
 
+def times_of(chunk: LogChunk) -> LineTimes | None:
+    """The times an agent sent with a batch, as the log store takes them."""
+    if chunk.step_started_at_ms is None:
+        return None
+    return LineTimes(chunk.step_started_at_ms, chunk.line_offsets_ms)
+
+
+class InvalidLogChunkBodyError(InvalidInputError):
+    code = "invalid_log_chunk"
+
+
+def decode_chunk(media_type: str | None, body: bytes) -> LogChunk:
+    """An agent's log batch as sent: a `LogChunk` body, or raw bytes (older agents)."""
+    try:
+        return LogChunk.decode(media_type, body)
+    except InvalidLogChunkError as error:
+        raise InvalidLogChunkBodyError(
+            f"{error}; send the bytes alone as application/octet-stream, or a whole "
+            "chunk as conveyor.protocol.agents.LogChunk.encode() makes it",
+            detail={"media_type": media_type, "length": len(body)},
+        ) from error
+
+
 def log_file(settings: Settings, step: Step) -> Path:
     """Where the log of `step` (attached to a session) is stored."""
     session = object_session(step)
@@ -90,7 +121,8 @@ def log_file(settings: Settings, step: Step) -> Path:
         raise StepNotFoundError(
             f"step {step.id} has no job (it was deleted, or the step is not in a session)"
         )
-    return step_log_path(settings.data_dir, job.run_id, job.id, step.index)
+    attempt = log_attempt(job.status, job.attempts)
+    return step_log_path(settings.data_dir, job.run_id, job.id, step.index, attempt)
 
 
 def append(
@@ -100,10 +132,12 @@ def append(
     offset: int,
     data: bytes,
     secrets: Mapping[str, str],
+    line_times: LineTimes | None = None,
 ) -> LogAppended:
     """Store an agent's batch of `step`'s log at byte `offset` (rules in the module
     docstring). `secrets` are the project's: a batch that still contains one is stored
-    as sent (served masked) and logged as an agent that failed to mask."""
+    as sent (served masked) and logged as an agent that failed to mask. `line_times`
+    are when the lines that start in `data` started (None: now; see `times_of`)."""
     if offset < 0:
         raise InvalidLogRangeError(
             f"the log offset must be 0 or more, not {offset} (step {step.id})",
@@ -119,7 +153,7 @@ def append(
         else:
             new_bytes = data[held - offset :]
             if new_bytes:
-                writer.append(new_bytes)
+                writer.append(new_bytes, line_times)
         size, lines = writer.size, writer.total_lines
     if gap_at is not None:
         raise LogGapError(step, offset, gap_at)
@@ -169,6 +203,13 @@ def read_range(settings: Settings, step: Step, start: int, end: int | None) -> l
     return read_stored_lines(
         log_file(settings, step), start, limit if end is None else min(end, limit)
     )
+
+
+def read_times(settings: Settings, step: Step, start: int, count: int) -> list[int | None]:
+    """When lines `[start, start + count)` started, ms since the epoch; None for a line
+    whose time is not known (stored before times were kept)."""
+    times = read_line_times(log_file(settings, step), start, start + count)
+    return times + [None] * (count - len(times))
 
 
 def read_stored_lines(path: Path, start: int, end: int | None) -> list[bytes]:

@@ -3,9 +3,10 @@ are stored, then the end; no gap, no duplicate.
 
 One `StepFollower` per followed step loads the step once (its file, its masker, what
 its status message says), then reads the new bytes of its file ONCE per wake-up (a
-`log:<step id>` event, a `run:<run id>` status event, or a slow poll as a safety net),
-masks them once, serialises each message once, and hands the same text to every
-viewer; a viewer costs a queue, not a database query or a file read. The follower
+`log:<step id>` event, a `run:<run id>` status event, or a slow poll as a safety net;
+the events that arrive while it reads, or within `COALESCE_SECONDS` of the first, make
+one wake-up), masks them once, serialises each message once, and hands the same text
+to every viewer; a viewer costs a queue, not a database query or a file read. The follower
 also keeps its latest messages (`HISTORY_BYTES`), so a viewer who joins a running
 step gets the recent part of its backlog from memory; only lines stored before the
 follower started are read from the file by the viewer itself.
@@ -30,6 +31,12 @@ A viewer that falls too far behind is detached and re-attaches from its own next
 
 The masker is the follower's, made from the project's secrets when it started: a
 secret added while a step is being followed applies from its next follower on.
+
+Each lines message carries `time_runs`, `[[time, count], ...]`: its lines in order,
+`count` of them in a row started at `time` (ms since the epoch; null: unknown). Lines
+read at once share a time, so runs are few: sent to every viewer, a time per line
+would cost more bytes than many lines. They are read from the log's times file with
+the lines (its records are written before the lines they time).
 """
 
 from __future__ import annotations
@@ -45,11 +52,12 @@ from pathlib import Path
 from sqlalchemy.orm import Session, sessionmaker
 
 from conveyor.agent.masking import Masker
+from conveyor.logstore import TimeRun, read_time_runs
 from conveyor.protocol.status import Status
 from conveyor.server.config import Settings
 from conveyor.server.events import OVERFLOW, EventBus
 from conveyor.server.logs import repository, service
-from conveyor.server.logs.paths import step_log_path
+from conveyor.server.logs.paths import log_attempt, step_log_path
 from conveyor.server.logs.service import mask_lines, read_stored_lines, split_lines
 from conveyor.server.models.job import Job
 from conveyor.server.models.step import Step
@@ -70,6 +78,10 @@ POLL_SECONDS = 5.0
 MAX_QUEUED_MESSAGES = 256
 """Messages a viewer may have waiting before it is detached to catch up from the file."""
 MAX_REMEMBERED_STEP_IDS = 4_096
+COALESCE_SECONDS = 0.02
+"""How long a woken follower waits for more appends before it reads: a step printing
+fast sends a batch every few ms, and one read of several batches is one message per
+viewer instead of several (each send costs per viewer); a live line is this late."""
 
 
 @dataclass(frozen=True)
@@ -97,9 +109,9 @@ class LinesMessage:
     def end(self) -> int:
         return self.start + self.count
 
-    def lines(self) -> list[str]:
-        lines: list[str] = json.loads(self.text)["lines"]
-        return lines
+    def lines_and_time_runs(self) -> tuple[list[str], list[TimeRun]]:
+        message = json.loads(self.text)
+        return message["lines"], [(at, count) for at, count in message["time_runs"]]
 
 
 @dataclass(frozen=True)
@@ -119,9 +131,27 @@ class Lagged:
 Message = LinesMessage | StatusMessage | EndMessage | Lagged
 
 
-def lines_message(step_id: int, start: int, lines: list[str]) -> LinesMessage:
-    text = json.dumps({"type": "lines", "step": step_id, "start": start, "lines": lines})
+def lines_message(
+    step_id: int, start: int, lines: list[str], time_runs: list[TimeRun]
+) -> LinesMessage:
+    text = json.dumps(
+        {"type": "lines", "step": step_id, "start": start, "lines": lines, "time_runs": time_runs}
+    )
     return LinesMessage(start=start, count=len(lines), text=text)
+
+
+def split_runs(runs: list[TimeRun], count: int) -> tuple[list[TimeRun], list[TimeRun]]:
+    """The runs of the first `count` lines, and those of the lines after them."""
+    head: list[TimeRun] = []
+    for at, (time, length) in enumerate(runs):
+        if count <= 0:
+            return head, runs[at:]
+        if length > count:
+            head.append((time, count))
+            return head, [(time, length - count), *runs[at + 1 :]]
+        head.append((time, length))
+        count -= length
+    return head, []
 
 
 def text_lines(data: bytes, masker: Masker) -> list[str]:
@@ -165,11 +195,19 @@ def pieces(data: bytes) -> list[bytes]:
 
 
 def encode(source: StepSource, start: int, data: bytes) -> list[LinesMessage]:
-    """The messages of `data`, stored lines from line `start` on."""
+    """The messages of `data`, stored lines from line `start` on, with their times."""
     messages: list[LinesMessage] = []
+    if not data:
+        return messages
+    count = data.count(b"\n") + (0 if data.endswith(b"\n") else 1)
+    runs = read_time_runs(source.path, start, start + count)
+    timed = sum(length for _, length in runs)
+    if timed < count:
+        runs.append((None, count - timed))
     for piece in pieces(data):
         lines = text_lines(piece, source.masker)
-        messages.append(lines_message(source.step_id, start, lines))
+        these, runs = split_runs(runs, len(lines))
+        messages.append(lines_message(source.step_id, start, lines, these))
         start += len(lines)
     return messages
 
@@ -379,8 +417,14 @@ class StepFollower:
                     self._send(EndMessage(self.final))
                     return
                 event = await subscription.get(within=POLL_SECONDS)
-                check_status = (
+                if event is not None and COALESCE_SECONDS:
+                    await asyncio.sleep(COALESCE_SECONDS)
+                # Every append since the last read is one read: the events that came
+                # meanwhile are taken together, not one wake-up (and read) each.
+                events = [event, *subscription.get_pending()]
+                check_status = any(
                     event is None or event.kind == OVERFLOW or event.topic.startswith("run:")
+                    for event in events
                 )
         finally:
             if subscription is not None:
@@ -426,7 +470,13 @@ class LogStreams:
                 job_id=job.id,
                 index=step.index,
                 name=step.name,
-                path=step_log_path(self._settings.data_dir, run.id, job.id, step.index),
+                path=step_log_path(
+                    self._settings.data_dir,
+                    run.id,
+                    job.id,
+                    step.index,
+                    log_attempt(job.status, job.attempts),
+                ),
                 masker=service.masker_for(secrets),
             )
 
@@ -565,8 +615,10 @@ async def _forward(step_id: int, message: LinesMessage, next_line: int, send: Se
     if message.end <= next_line:
         return next_line
     if message.start < next_line:
-        kept = message.lines()[next_line - message.start :]
-        await send(lines_message(step_id, next_line, kept).text)
+        lines, runs = message.lines_and_time_runs()
+        skip = next_line - message.start
+        _, rest = split_runs(runs, skip)
+        await send(lines_message(step_id, next_line, lines[skip:], rest).text)
     else:
         await send(message.text)
     return message.end
@@ -579,7 +631,7 @@ async def stream_step(
     its final status.
 
     Messages: `{"type": "status", "step", "job", "index", "name", "status"}` first,
-    `{"type": "lines", "step", "start", "lines"}`, and `{"type": "status", "step",
+    `{"type": "lines", "step", "start", "lines", "time_runs"}`, and `{"type": "status", "step",
     "status"}` when it changes; the caller sends the end."""
     next_line = offset
     first = True

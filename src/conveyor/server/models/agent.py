@@ -24,3 +24,6 @@ class Agent(Base):
     enabled: Mapped[bool] = mapped_column(default=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     last_heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    lost_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    """When the lease reaper last took a job from the agent because its lease ran out:
+    the agent is offline from then until it is heard from again."""

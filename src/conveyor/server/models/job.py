@@ -3,7 +3,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ForeignKey, Index, String, Text
+from sqlalchemy import ForeignKey, Index, String, Text, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from conveyor.protocol.status import Status
@@ -16,10 +16,17 @@ class Job(Base):
 
     __tablename__ = "jobs"
     __table_args__ = (
-        # The queue: queued jobs, highest priority first, then oldest.
-        Index("ix_jobs_queue", "status", "priority", "queued_at"),
         # The lease reaper: running jobs whose lease ran out.
         Index("ix_jobs_lease", "status", "lease_expires_at"),
+        # Claims waiting for a back-off: the next job to come due. Partial, so that it
+        # holds only the few jobs in a back-off and the claim's own query (which takes
+        # jobs whose `claimable_at` is NULL) cannot use it in place of `ix_jobs_queue`.
+        Index(
+            "ix_jobs_claimable",
+            "claimable_at",
+            sqlite_where=text("claimable_at IS NOT NULL"),
+            postgresql_where=text("claimable_at IS NOT NULL"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -43,4 +50,15 @@ class Job(Base):
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     timeout_seconds: Mapped[float | None] = mapped_column()
+    """The plan's job timeout; the server ends the job (`error`) when its agent has not
+    reported this long (plus a grace) after the start."""
+    claimable_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    """Earliest time a queued job may be claimed: set when it goes back to the queue
+    after its agent was lost (exponential back-off); None: at once."""
     error_message: Mapped[str | None] = mapped_column(Text)
+
+
+# The queue, in the order claims read it (highest priority first, then oldest, then
+# lowest id), so that a claim reads a short page from its start however long it is.
+# Declared here, not in `__table_args__`, for the DESC of the priority column.
+Index("ix_jobs_queue", Job.status, Job.priority.desc(), Job.queued_at, Job.id)

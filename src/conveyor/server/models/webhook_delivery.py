@@ -53,3 +53,7 @@ class WebhookDelivery(Base):
     actor: Mapped[str | None] = mapped_column(String(200))
     """The forge user who pushed or opened the pull request."""
     run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"))
+    pending_event: Mapped[str | None] = mapped_column(Text, default=None)
+    """An accepted delivery's event (JSON) until its run, or the failure to make it, is
+    recorded: what a server that stopped in between needs to make the run at its next
+    start. NULL for every other delivery."""

@@ -7,8 +7,11 @@ from collections.abc import Sequence
 from sqlalchemy import ColumnElement, false, func, or_, select, true, update
 from sqlalchemy.orm import Session
 
-from conveyor.server.models.membership import Membership
+from conveyor.server.models.job import Job
+from conveyor.server.models.membership import Membership, Role
 from conveyor.server.models.project import Project, Visibility
+from conveyor.server.models.run import Run
+from conveyor.server.models.step import Step
 from conveyor.server.models.user import User
 from conveyor.server.users.authorization import Actor
 
@@ -61,6 +64,33 @@ class ProjectRepository:
         a write waits for its turn instead of failing on a stale read snapshot."""
         self.session.execute(update(Project).where(Project.id == project_id).values(id=Project.id))
 
+    def lock(self, project_id: int) -> None:
+        """Serialise changes to one project's members the way `lock_for_new_run`
+        serialises run numbering: a row lock on PostgreSQL, the write lock on SQLite."""
+        self.lock_for_new_run(project_id)
+
+    def run_ids(self, project_id: int) -> Sequence[int]:
+        return self.session.scalars(select(Run.id).where(Run.project_id == project_id)).all()
+
+    def job_ids(self, project_id: int) -> Sequence[int]:
+        return self.session.scalars(
+            select(Job.id).join(Run, Run.id == Job.run_id).where(Run.project_id == project_id)
+        ).all()
+
+    def step_keys(self, project_id: int) -> list[tuple[int, int, int]]:
+        """(run id, job id, step index) of every step of the project's runs."""
+        rows = self.session.execute(
+            select(Run.id, Job.id, Step.index)
+            .join(Job, Job.run_id == Run.id)
+            .join(Step, Step.job_id == Job.id)
+            .where(Run.project_id == project_id)
+        )
+        return [(run_id, job_id, index) for run_id, job_id, index in rows]
+
+    def git_urls_of_others(self, project_id: int) -> Sequence[str]:
+        """The git URLs of every project but `project_id`."""
+        return self.session.scalars(select(Project.git_url).where(Project.id != project_id)).all()
+
     def add(self, project: Project) -> Project:
         self.session.add(project)
         self.session.flush()
@@ -94,3 +124,18 @@ class ProjectMemberRepository:
     def delete(self, membership: Membership) -> None:
         self.session.delete(membership)
         self.session.flush()
+
+    def managing_maintainers(self, project_id: int) -> Sequence[int]:
+        """The user ids of the project's maintainers who can manage it by being members:
+        active accounts that are not administrators (administrators manage every project
+        anyway, so they are no proof that anyone else can)."""
+        return self.session.scalars(
+            select(Membership.user_id)
+            .join(User, User.id == Membership.user_id)
+            .where(
+                Membership.project_id == project_id,
+                Membership.role == Role.MAINTAINER,
+                User.is_admin.is_(False),
+                User.is_active.is_(True),
+            )
+        ).all()

@@ -73,9 +73,10 @@ def update_project(
 
 @router.delete("/{name}", status_code=status.HTTP_204_NO_CONTENT)
 def delete_project(
-    name: str, request: Request, session: DbSession, actor: RequestActor
+    name: str, request: Request, session: DbSession, settings: AppSettings, actor: RequestActor
 ) -> Response:
-    projects_service.delete_project(session, actor, name)
+    """Delete the project; its files on disk go once the deletion has committed."""
+    projects_service.delete_project(session, settings, actor, name)
     _audit(session, request, actor, "project.delete", name)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 

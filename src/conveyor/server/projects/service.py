@@ -24,6 +24,8 @@ from conveyor.server.errors import (
 from conveyor.server.models.api_token import TokenScope
 from conveyor.server.models.membership import Membership, Role
 from conveyor.server.models.project import Project
+from conveyor.server.models.user import User
+from conveyor.server.projects import files as project_files
 from conveyor.server.projects.repository import ProjectMemberRepository, ProjectRepository
 from conveyor.server.projects.schemas import ProjectCreate, ProjectRead, ProjectUpdate
 from conveyor.server.users import service as users_service
@@ -52,6 +54,10 @@ class InvalidBranchFilterError(InvalidInputError):
 
 class MemberNotFoundError(NotFoundError):
     code = "member_not_found"
+
+
+class LastMaintainerError(ConflictError):
+    code = "last_maintainer"
 
 
 # --- validation ---------------------------------------------------------------------------
@@ -250,11 +256,14 @@ def update_project(session: Session, actor: Actor, name: str, changes: ProjectUp
     return project
 
 
-def delete_project(session: Session, actor: Actor, name: str) -> Project:
+def delete_project(session: Session, settings: Settings, actor: Actor, name: str) -> Project:
     """Delete the project with its runs, jobs, steps, secrets and memberships (the
-    database cascades)."""
+    database cascades), and, once that commits, its logs, artifacts, uploads and git
+    mirror (see `projects.files`)."""
     project = get_project_for(session, actor, name, Action.MANAGE)
+    leftovers = project_files.collect(session, settings, project)
     ProjectRepository(session).delete(project)
+    project_files.remove_after_commit(session, leftovers)
     return project
 
 
@@ -282,15 +291,39 @@ def list_members(session: Session, actor: Actor, name: str) -> list[tuple[Member
     return ProjectMemberRepository(session).list_of_project(project.id)
 
 
+def _refuse_losing_last_maintainer(
+    session: Session, project: Project, user: User, change: str
+) -> None:
+    """Refuse a change that takes the maintainer role from the project's last member
+    who can manage it. Administrators do not count: they can manage every project, so
+    a project whose only maintainer is an administrator is one nobody else manages."""
+    maintainers = ProjectMemberRepository(session).managing_maintainers(project.id)
+    if list(maintainers) == [user.id]:
+        raise LastMaintainerError(
+            f"{user.name} is the last maintainer of project {project.name}; make someone "
+            f"else maintainer first (PUT /api/v1/projects/{project.name}/members/<user> "
+            f'with {{"role": "maintainer"}}), then {change}',
+            detail={"project": project.name, "user": user.name},
+        )
+
+
 def set_member(session: Session, actor: Actor, name: str, user_name: str, role: Role) -> Membership:
+    """Give `user_name` `role` in the project. Demoting its last maintainer is refused
+    (`LastMaintainerError`)."""
     project = get_project_for(session, actor, name, Action.MANAGE)
     user = users_service.get_user_by_name(session, user_name)
+    if role is not Role.MAINTAINER:
+        # Two maintainers demoting each other at once must not both succeed.
+        ProjectRepository(session).lock(project.id)
+        _refuse_losing_last_maintainer(session, project, user, f"make {user.name} {role}")
     membership = users_service.set_membership(session, user, project, role)
     session.flush()
     return membership
 
 
 def remove_member(session: Session, actor: Actor, name: str, user_name: str) -> Membership:
+    """Remove `user_name` from the project. Removing its last maintainer is refused
+    (`LastMaintainerError`)."""
     project = get_project_for(session, actor, name, Action.MANAGE)
     user = users_service.get_user_by_name(session, user_name)
     members = ProjectMemberRepository(session)
@@ -301,5 +334,7 @@ def remove_member(session: Session, actor: Actor, name: str, user_name: str) -> 
             f"GET /api/v1/projects/{name}/members lists them",
             detail={"project": name, "user": user_name},
         )
+    ProjectRepository(session).lock(project.id)
+    _refuse_losing_last_maintainer(session, project, user, f"remove {user.name}")
     members.delete(membership)
     return membership

@@ -1,4 +1,4 @@
-"""JSON API of runs: trigger, query, cancel, retry, and the tasks view.
+"""JSON API of runs: trigger, query, cancel, retry, a run's history, and the tasks view.
 
 The handlers are sync on purpose: triggering runs git, which blocks, in the request's
 worker thread.
@@ -17,9 +17,17 @@ from conveyor.protocol.status import Status
 from conveyor.server.audit import service as audit
 from conveyor.server.deps import AppSettings, DbSession, RequestActor, remote_address
 from conveyor.server.projects import service as projects_service
+from conveyor.server.runs import history
 from conveyor.server.runs import service as runs_service
 from conveyor.server.runs.repository import RunFilter
-from conveyor.server.runs.schemas import RunDetail, RunPage, TaskRead, TasksView, TriggerRequest
+from conveyor.server.runs.schemas import (
+    RunDetail,
+    RunEventRead,
+    RunPage,
+    TaskRead,
+    TasksView,
+    TriggerRequest,
+)
 from conveyor.server.users.authorization import Action, Actor
 
 router = APIRouter(prefix="/api/v1", tags=["runs"])
@@ -131,7 +139,7 @@ def read_run(
 @router.post("/runs/{run_id}/cancel", response_model=RunDetail)
 def cancel_run(run_id: int, request: Request, session: DbSession, actor: RequestActor) -> RunDetail:
     run = runs_service.cancel(session, actor, run_id)
-    _audit(session, request, actor, "run.cancel", run.id)
+    history.record_cancel(session, actor, run, remote_address=remote_address(request))
     _, project = runs_service.get_run_for(session, actor, run.id, Action.READ)
     return runs_service.describe_run(session, run, project)
 
@@ -145,9 +153,17 @@ def retry_run(
     actor: RequestActor,
 ) -> RunDetail:
     run = runs_service.retry(session, settings, actor, run_id)
-    _audit(session, request, actor, "run.retry", run.id)
+    history.record_retry(session, actor, run_id, run, remote_address=remote_address(request))
     _, project = runs_service.get_run_for(session, actor, run.id, Action.READ)
     return runs_service.describe_run(session, run, project)
+
+
+@router.get("/runs/{run_id}/events", response_model=list[RunEventRead])
+def list_run_events(run_id: int, session: DbSession, actor: RequestActor) -> list[RunEventRead]:
+    """Who did what to the run, and when, oldest first: triggered, started (per job and
+    attempt), requeued (an agent was lost), cancelled, finished, retried. Readable by
+    whoever may read the run."""
+    return history.run_events(session, actor, run_id)
 
 
 @router.get("/tasks", response_model=TasksView)

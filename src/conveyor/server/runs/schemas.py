@@ -1,9 +1,11 @@
-"""The JSON shapes of the runs API: triggering, run queries and the tasks view."""
+"""The JSON shapes of the runs API: triggering, run queries, a run's history and the
+tasks view."""
 
 from __future__ import annotations
 
 import re
 from datetime import datetime
+from enum import StrEnum
 from typing import Any, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -140,3 +142,27 @@ class TaskRead(BaseModel):
 class TasksView(BaseModel):
     active: list[TaskRead]
     queued: list[TaskRead]
+
+
+class RunEventAction(StrEnum):
+    """What happened to a run, in the words its history uses."""
+
+    TRIGGERED = "triggered"
+    STARTED = "started"
+    REQUEUED = "requeued"
+    CANCELLED = "cancelled"
+    RETRIED = "retried"
+    FINISHED = "finished"
+
+
+class RunEventRead(BaseModel):
+    """One line of a run's history (`GET /api/v1/runs/{id}/events`, oldest first)."""
+
+    time: datetime
+    actor: str
+    """A user's name, or `webhook`, `schedule`, `agent <name>`, `system`."""
+    action: RunEventAction
+    details: str
+    """The line in words, e.g. `push to main at 1a2b3c4d5e6f` or `failure after 1m 05s`."""
+    job: str | None = None
+    """The job it is about, for job events (`started`, `requeued`)."""

@@ -7,7 +7,8 @@ and queues the events that tell the rest of the server (published after commit, 
 
     queued  -> running | cancelled | skipped | error
     running -> success | failure | warning | cancelled | error
-    running -> queued       (requeue: the agent was lost and attempts remain)
+    running -> queued       (requeue: the agent was lost and attempts remain;
+                             claimable again once a back-off ends)
     finished -> (nothing)   (a retry makes a new run)
 
 A running job that a user cancels becomes `cancelled` at once and keeps its lease
@@ -23,14 +24,18 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from conveyor.protocol.status import Status
+from conveyor.server.audit import service as audit
 from conveyor.server.db.base import utcnow
 from conveyor.server.errors import ConflictError
 from conveyor.server.events import Event, publish_after_commit
+from conveyor.server.models.agent import Agent
 from conveyor.server.models.job import Job
 from conveyor.server.models.run import Run
 from conveyor.server.models.step import Step
 
 FINISHED = frozenset(s for s in Status if s.finished)
+REQUEUE_ACTION = "job.requeue"
+SYSTEM_ACTOR = "system"
 ALLOWED: dict[Status, frozenset[Status]] = {
     Status.QUEUED: frozenset({Status.RUNNING, Status.CANCELLED, Status.SKIPPED, Status.ERROR}),
     Status.RUNNING: frozenset(
@@ -102,6 +107,7 @@ def start_job(
     job.started_at = now
     job.finished_at = None
     job.error_message = None
+    job.claimable_at = None
     session.flush()
     _refresh_run(session, job.run_id, now)
 
@@ -126,6 +132,7 @@ def finish_job(
     job.error_message = message
     job.lease_id = None
     job.lease_expires_at = None
+    job.claimable_at = None
     _close_steps(session, job, status, now)
     session.flush()
     _refresh_run(session, job.run_id, now)
@@ -142,6 +149,7 @@ def cancel_job(session: Session, job: Job, *, now: datetime | None = None) -> No
     if not running:
         job.lease_id = None
         job.lease_expires_at = None
+        job.claimable_at = None
     _close_steps(session, job, Status.CANCELLED, now)
     session.flush()
     if running and job.agent_id is not None:
@@ -159,15 +167,25 @@ def release_job(session: Session, job: Job) -> None:
     session.flush()
 
 
-def requeue_job(session: Session, job: Job, *, reason: str, now: datetime | None = None) -> None:
-    """The agent running the job was lost and attempts remain: back to the queue."""
+def requeue_job(
+    session: Session,
+    job: Job,
+    *,
+    reason: str,
+    now: datetime | None = None,
+    claimable_at: datetime | None = None,
+) -> None:
+    """The agent running the job was lost and attempts remain: back to the queue, to be
+    claimed from `claimable_at` on (a back-off; None: at once)."""
     _check(f"job {job.id}", job.status, Status.QUEUED)
     now = now or utcnow()
+    _audit_requeue(session, job, reason, now)
     job.status = Status.QUEUED
     job.agent_id = None
     job.lease_id = None
     job.lease_expires_at = None
     job.queued_at = now
+    job.claimable_at = claimable_at
     job.started_at = None
     job.error_message = reason
     for step in _steps(session, job):
@@ -175,9 +193,36 @@ def requeue_job(session: Session, job: Job, *, reason: str, now: datetime | None
         step.exit_code = None
         step.started_at = None
         step.finished_at = None
+        # The next attempt writes a log of its own (see logs.paths), from nothing.
+        step.log_byte_size = 0
+        step.log_line_count = 0
     session.flush()
     announce_queued(session, job)
     _refresh_run(session, job.run_id, now)
+
+
+def _audit_requeue(session: Session, job: Job, reason: str, now: datetime) -> None:
+    # The next claim overwrites the lost attempt in the job row; the run's history
+    # (runs/history.py) reads that attempt back from this event.
+    agent = session.get(Agent, job.agent_id) if job.agent_id is not None else None
+    audit.record(
+        session,
+        actor_id=None,
+        actor_name=SYSTEM_ACTOR,
+        action=REQUEUE_ACTION,
+        target_type="run",
+        target_id=job.run_id,
+        detail={
+            "job_id": job.id,
+            "job": job.name,
+            "reason": reason,
+            "attempt": job.attempts,
+            "max_attempts": job.max_attempts,
+            "agent": agent.name if agent is not None else None,
+            "started_at": job.started_at.isoformat() if job.started_at else None,
+        },
+        at=now,
+    )
 
 
 # --- steps -------------------------------------------------------------------------------

@@ -1,30 +1,50 @@
 """`/ui/ws/runs`: run status changes pushed to the dashboard as they happen.
 
-Each `runs` event from the bus is a wake-up with a run id; the run is read again and
-sent only if the viewer may read its project. Messages:
-`{"type": "run", "run": <run summary as in the API>}`, and `{"type": "resync"}` when
-events were lost (the page then reloads its lists).
+Each `runs` event from the bus is a wake-up with a run id, each `queue` event one with
+a job id (a run queued, or a job put back); the run is read again and sent only if the
+viewer may read its project. Messages:
+
+- `{"type": "run", "run": <run summary as in the API, plus "waiting_reason">,
+  "waiting": {<run id>: <reason>}}`: the run, and why each queued run the viewer may
+  read waits (a claim or a new run changes the reasons of others too);
+- `{"type": "waiting", "waiting": {...}}`: the reasons alone, when they changed without
+  a run event (an agent went offline or came back), checked every few seconds.
+
+The reasons cost a few queries per event, so only a page that shows them asks for
+them (`?waiting=1`, the dashboard); others get `waiting_reason` null and no `waiting`.
+- `{"type": "resync"}` when events were lost (the page then reloads its lists).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
+import time
+from typing import Any
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
+from conveyor.protocol.status import Status
+from conveyor.server.agents import service as agents_service
 from conveyor.server.config import Settings
 from conveyor.server.errors import ConveyorError
-from conveyor.server.events import OVERFLOW, EventBus
+from conveyor.server.events import OVERFLOW, Event, EventBus
+from conveyor.server.models.job import Job
 from conveyor.server.runs import service as runs_service
+from conveyor.server.runs.repository import RunFilter
 from conveyor.server.users import service as users_service
 from conveyor.server.users.authorization import Action, Actor
 from conveyor.server.users.sessions import SESSION_COOKIE_NAME, SessionSigner
 
 router = APIRouter(include_in_schema=False)
+
+WAITING_CHECK_SECONDS = 3.0
+"""How often the reasons of queued runs are checked while nothing else is pushed: an
+agent going offline changes them without any run event."""
 
 
 def _actor(websocket: WebSocket) -> Actor:
@@ -43,15 +63,55 @@ def _actor(websocket: WebSocket) -> Actor:
     return Actor.anonymous(read_allowed=settings.allow_anonymous_read)
 
 
-def _summary(websocket: WebSocket, actor: Actor, run_id: int) -> str | None:
-    factory: sessionmaker[Session] = websocket.app.state.read_session_factory
+def _waiting(session: Session, settings: Settings, actor: Actor) -> dict[str, str]:
+    """Why each queued run that `actor` may read waits, by run id (as JSON keys)."""
+    try:
+        queued = runs_service.tasks(session, actor, RunFilter(), include=(Status.QUEUED,)).queued
+    except ConveyorError:
+        return {}
+    reasons = agents_service.explain_waiting_runs(
+        session, settings, [task.run_id for task in queued]
+    )
+    return {str(run_id): reason for run_id, reason in reasons.items()}
+
+
+def _run_id_of(session: Session, event: Event) -> int | None:
+    if event.topic == "queue":
+        job_id = event.data.get("job_id")
+        job = session.get(Job, job_id) if isinstance(job_id, int) else None
+        return job.run_id if job is not None else None
+    run_id = event.data.get("run_id")
+    return run_id if isinstance(run_id, int) else None
+
+
+def _run_message(
+    websocket: WebSocket, actor: Actor, event: Event, *, with_waiting: bool
+) -> dict[str, Any] | None:
+    """The run the event is about (with every waiting reason, when asked), if the viewer
+    may read it."""
+    state = websocket.app.state
+    factory: sessionmaker[Session] = state.read_session_factory
     with factory() as session:
+        run_id = _run_id_of(session, event)
+        if run_id is None:
+            return None
         try:
             run, project = runs_service.get_run_for(session, actor, run_id, Action.READ)
         except ConveyorError:
             return None  # not visible to this viewer, or gone
-        summary = runs_service.summarize(run, project.name)
-    return json.dumps({"type": "run", "run": summary.model_dump(mode="json")})
+        summary: dict[str, Any] = runs_service.summarize(run, project.name).model_dump(mode="json")
+        waiting = _waiting(session, state.settings, actor) if with_waiting else None
+    if waiting is None:
+        return {"type": "run", "run": {**summary, "waiting_reason": None}}
+    summary["waiting_reason"] = waiting.get(str(run_id))
+    return {"type": "run", "run": summary, "waiting": waiting}
+
+
+def _waiting_now(websocket: WebSocket, actor: Actor) -> dict[str, str]:
+    state = websocket.app.state
+    factory: sessionmaker[Session] = state.read_session_factory
+    with factory() as session:
+        return _waiting(session, state.settings, actor)
 
 
 @router.websocket("/ui/ws/runs")
@@ -62,23 +122,41 @@ async def follow_runs(websocket: WebSocket) -> None:
     if actor.is_anonymous and not actor.anonymous_read_allowed:
         await websocket.close(code=4401, reason="not_authenticated")
         return
+    with_waiting = websocket.query_params.get("waiting") == "1"
     bus: EventBus = websocket.app.state.event_bus
     watching = asyncio.create_task(_until_disconnected(websocket))
     try:
-        with bus.subscribe(["runs"]) as subscription:
+        with bus.subscribe(["runs", "queue"]) as subscription:
+            waiting = (
+                await run_in_threadpool(_waiting_now, websocket, actor) if with_waiting else {}
+            )
+            checked_at = time.monotonic()
             while not watching.done():
                 event = await subscription.get(within=1.0)
                 if event is None:
+                    if not with_waiting or time.monotonic() - checked_at < WAITING_CHECK_SECONDS:
+                        continue
+                    now_waiting = await run_in_threadpool(_waiting_now, websocket, actor)
+                    checked_at = time.monotonic()
+                    if now_waiting != waiting:
+                        waiting = now_waiting
+                        await websocket.send_text(
+                            json.dumps({"type": "waiting", "waiting": waiting})
+                        )
                     continue
                 if event.kind == OVERFLOW:
                     await websocket.send_text(json.dumps({"type": "resync"}))
                     continue
-                run_id = event.data.get("run_id")
-                if not isinstance(run_id, int):
-                    continue
-                message = await run_in_threadpool(_summary, websocket, actor, run_id)
+                message = await run_in_threadpool(
+                    functools.partial(
+                        _run_message, websocket, actor, event, with_waiting=with_waiting
+                    )
+                )
                 if message is not None:
-                    await websocket.send_text(message)
+                    if with_waiting:
+                        waiting = message["waiting"]
+                        checked_at = time.monotonic()
+                    await websocket.send_text(json.dumps(message))
     except (WebSocketDisconnect, RuntimeError):
         pass
     finally:

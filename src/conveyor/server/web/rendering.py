@@ -26,6 +26,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from conveyor import __version__
 from conveyor.server.errors import ConveyorError, NotAuthenticatedError, PermissionDeniedError
+from conveyor.server.runs.history import spoken_duration
 
 TEMPLATES_DIR = Path(__file__).parent / "templates"
 CSRF_COOKIE_NAME = "conveyor_csrf"
@@ -51,16 +52,8 @@ class CsrfTokenInvalidError(PermissionDeniedError):
 
 
 def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return ""
-    whole = int(seconds)
-    if whole < 60:
-        return f"{seconds:.1f}s" if seconds < 10 else f"{whole}s"
-    minutes, secs = divmod(whole, 60)
-    if minutes < 60:
-        return f"{minutes}m {secs:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h {minutes:02d}m"
+    # The same words as a run's history (and dashboard.js) use.
+    return "" if seconds is None else spoken_duration(seconds)
 
 
 def _moment(value: datetime | None) -> str:

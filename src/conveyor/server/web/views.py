@@ -39,6 +39,7 @@ from conveyor.server.notifications.schemas import HookCreate
 from conveyor.server.projects import service as projects_service
 from conveyor.server.projects.repository import ProjectRepository
 from conveyor.server.projects.schemas import ProjectCreate, ProjectUpdate
+from conveyor.server.runs import history
 from conveyor.server.runs import service as runs_service
 from conveyor.server.runs.repository import RunFilter
 from conveyor.server.runs.schemas import TriggerRequest
@@ -508,6 +509,7 @@ def run_page(
             "run": detail,
             "project": project,
             "artifacts": artifacts,
+            "history": history.history_of(session, run),
             "may_change": _may(actor, project, Action.CANCEL),
         },
     )
@@ -518,7 +520,7 @@ def cancel_run(
     request: Request, run_id: int, form: Form, actor: PageActor, session: DbSession
 ) -> Response:
     run = runs_service.cancel(session, actor, run_id)
-    _audit(session, request, actor, "run.cancel", "run", run.id)
+    history.record_cancel(session, actor, run, remote_address=remote_address(request))
     return redirect(request, f"/ui/runs/{run.id}", "Run cancelled")
 
 
@@ -532,7 +534,7 @@ def retry_run(
     settings: AppSettings,
 ) -> Response:
     run = runs_service.retry(session, settings, actor, run_id)
-    _audit(session, request, actor, "run.retry", "run", run.id)
+    history.record_retry(session, actor, run_id, run, remote_address=remote_address(request))
     return redirect(request, f"/ui/runs/{run.id}", f"Run #{run.number} queued as a retry")
 
 
@@ -567,6 +569,70 @@ def create_agent(
         {"title": "Agents", "agents": agents, "token": token, "created": agent.name},
         status_code=201,
     )
+
+
+def _agent_row(session: DbSession, settings: AppSettings, actor: Actor, agent_id: int) -> Any:
+    (row,) = agents_service.describe_agents(
+        session, settings, [agents_service.get_agent(session, actor, agent_id)]
+    )
+    return row
+
+
+@router.get("/ui/agents/{agent_id}/delete")
+def delete_agent_page(
+    request: Request, agent_id: int, actor: PageActor, session: DbSession, settings: AppSettings
+) -> Response:
+    """The confirm step of a delete (a page, since the UI runs no inline script)."""
+    agent = _agent_row(session, settings, _signed_in(actor), agent_id)
+    return render(
+        request,
+        "agent_delete.html",
+        {"title": f"Delete agent {agent.name}", "agent": agent, "busy": agent.running_jobs > 0},
+    )
+
+
+@router.post("/ui/agents/{agent_id}/delete")
+def delete_agent(
+    request: Request,
+    agent_id: int,
+    form: Form,
+    actor: PageActor,
+    session: DbSession,
+    settings: AppSettings,
+) -> Response:
+    """Delete an agent; one that holds jobs only with `force=yes`, which puts its
+    running jobs back in the queue."""
+    force = field(form, "force") == "yes"
+    try:
+        agent, requeued = agents_service.delete_agent(session, actor, agent_id, force=force)
+    except agents_service.AgentBusyError as error:
+        # It took work since the confirm page was shown: ask again, now with force.
+        row = _agent_row(session, settings, actor, agent_id)
+        return render(
+            request,
+            "agent_delete.html",
+            {
+                "title": f"Delete agent {row.name}",
+                "agent": row,
+                "busy": True,
+                "refused": error.message,
+            },
+            status_code=409,
+        )
+    audit.record(
+        session,
+        actor_id=actor.user_id,
+        actor_name=actor.name,
+        action="agent.delete",
+        target_type="agent",
+        target_id=agent_id,
+        remote_address=remote_address(request),
+        detail={"name": agent.name, "force": force, "requeued_jobs": requeued},
+    )
+    notice = f"Agent {agent.name} deleted"
+    if requeued:
+        notice += f"; {len(requeued)} job(s) back in the queue"
+    return redirect(request, "/ui/agents", notice)
 
 
 @router.post("/ui/agents/{agent_id}/{change}")

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from conveyor.protocol.status import Status
 from conveyor.server.models.run import Run
-from conveyor.server.models.webhook_delivery import WebhookDelivery
+from conveyor.server.models.webhook_delivery import DeliveryResult, WebhookDelivery
 
 
 class DeliveryRepository:
@@ -18,6 +19,31 @@ class DeliveryRepository:
 
     def get(self, delivery_pk: int) -> WebhookDelivery | None:
         return self.session.get(WebhookDelivery, delivery_pk)
+
+    def lock(self, delivery_pk: int) -> WebhookDelivery | None:
+        """The delivery as committed now, its row locked until the transaction ends (on
+        SQLite, writer sessions hold the database's write lock already)."""
+        return self.session.scalar(
+            select(WebhookDelivery)
+            .where(WebhookDelivery.id == delivery_pk)
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        )
+
+    def pending(self, received_before: datetime) -> Sequence[tuple[int, str]]:
+        """(id, pending event) of the accepted deliveries received before
+        `received_before` whose run is still to be made, oldest first."""
+        rows = self.session.execute(
+            select(WebhookDelivery.id, WebhookDelivery.pending_event)
+            .where(
+                WebhookDelivery.result == DeliveryResult.ACCEPTED,
+                WebhookDelivery.run_id.is_(None),
+                WebhookDelivery.pending_event.is_not(None),
+                WebhookDelivery.received_at < received_before,
+            )
+            .order_by(WebhookDelivery.received_at, WebhookDelivery.id)
+        )
+        return [(delivery_pk, event) for delivery_pk, event in rows if event is not None]
 
     def add(self, delivery: WebhookDelivery) -> WebhookDelivery:
         self.session.add(delivery)

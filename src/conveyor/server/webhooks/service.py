@@ -9,6 +9,11 @@ A delivery goes through two phases, so the forge gets its answer within a second
    named by the payload is resolved in the project's mirror and the run is recorded
    with the payload's branch or tag, message, author and actor.
 
+An accepted delivery keeps its parsed event (`pending_event`) until its run, or the
+failure to make it, is recorded, so a server that stopped between the two phases makes
+the run at its next start (`tasks.resume_unmade_runs`). Whoever records the run first
+clears it, under a lock on the delivery's row: one delivery never makes two runs.
+
 An unknown project and a bad signature get the same 401 (and take about the same
 time), so nobody can learn which projects exist. Deliveries of a known project are
 recorded whatever their fate, but a delivery id is kept only for signed deliveries, so
@@ -24,6 +29,7 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Any
 
+from pydantic import TypeAdapter
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -80,6 +86,19 @@ class WebhookNotAuthenticatedError(NotAuthenticatedError):
 
 class WebhookPayloadError(InvalidInputError):
     code = "webhook_payload_invalid"
+
+
+_EVENT_RECORD = TypeAdapter(ForgeEvent)
+
+
+def encode_event(event: ForgeEvent) -> str:
+    """`event` as the JSON kept in `WebhookDelivery.pending_event`."""
+    return _EVENT_RECORD.dump_json(event).decode("utf-8")
+
+
+def decode_event(encoded: str) -> ForgeEvent:
+    """The event `encode_event` kept. Raises pydantic's ValidationError when it is not one."""
+    return _EVENT_RECORD.validate_json(encoded)
 
 
 # --- settings -----------------------------------------------------------------------------
@@ -267,6 +286,8 @@ def receive(session: Session, settings: Settings, inbound: Inbound) -> Reception
     delivery.actor = event.actor or None
     result, reason = _judge(project, event)
     delivery.delivery_id = delivery_id
+    if result is DeliveryResult.ACCEPTED:
+        delivery.pending_event = encode_event(event)
     try:
         with session.begin_nested():
             _finish(session, delivery, result, reason)
@@ -413,6 +434,7 @@ def record_run(
     )
     run.secrets_withheld = event.from_fork
     delivery.run_id = run.id
+    delivery.pending_event = None
     if project.cancel_superseded and event.kind is EventKind.PUSH and event.branch:
         for older in superseded_runs(session, run):
             state.cancel_run(session, older)
@@ -423,3 +445,13 @@ def record_run(
 def record_failure(delivery: WebhookDelivery, problem: str) -> None:
     delivery.result = DeliveryResult.ERROR
     delivery.reason = f"{delivery.reason}; the run could not be made: {problem}"
+    delivery.pending_event = None
+
+
+def run_still_to_make(session: Session, delivery_pk: int) -> WebhookDelivery | None:
+    """The delivery, locked until the transaction ends, if its run is still to be made;
+    None when it is gone or someone else recorded its run (or its failure) first."""
+    delivery = DeliveryRepository(session).lock(delivery_pk)
+    if delivery is None or delivery.pending_event is None or delivery.run_id is not None:
+        return None
+    return delivery

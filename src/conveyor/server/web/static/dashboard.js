@@ -1,5 +1,7 @@
 // The dashboard, live: run status changes arrive over /ui/ws/runs and update the
-// lists in place (no reload). Everything from the server goes in through textContent.
+// lists in place (no reload), and so do the reasons queued runs wait for (every push
+// carries them all: a claim or an agent going offline changes others' reasons too).
+// Everything from the server goes in through textContent.
 "use strict";
 (function () {
   const FINISHED = new Set(["success", "failure", "warning", "cancelled", "skipped", "error"]);
@@ -43,13 +45,41 @@
     if (!items.length && !empty) { empty = el("li", "empty", list.dataset.empty); list.appendChild(empty); }
   }
 
+  // As the server writes times on the page (the `moment` filter), so rows match.
+  function moment(iso) {
+    if (!iso) return "";
+    const when = new Date(iso);
+    if (Number.isNaN(when.getTime())) return "";
+    return when.toISOString().slice(0, 19).replace("T", " ") + " UTC";
+  }
+
   function taskItem(run) {
     const item = el("li");
     item.dataset.runId = run.id;
     item.append(badge(run.status), " ", runLink(run));
     const ref = run.tag ? "tag " + run.tag : run.branch;
     if (ref) item.append(" ", el("span", "ref", ref));
+    if (run.status === "running" && run.started_at) item.append(" ", el("span", "muted", "since " + moment(run.started_at)));
+    if (run.status === "queued") item.append(" ", el("span", "muted", "queued since " + moment(run.created_at)));
     return item;
+  }
+
+  function setReason(item, reason) {
+    let node = item.querySelector(".waiting-reason");
+    if (!reason) {
+      if (node) node.remove();
+      return;
+    }
+    if (!node) {
+      node = el("span", "waiting-reason muted");
+      item.append(" ", node);
+    }
+    node.textContent = `(${reason})`;
+  }
+
+  function applyWaiting(waiting) {
+    if (!waiting) return;
+    queued.querySelectorAll("li[data-run-id]").forEach((item) => setReason(item, waiting[item.dataset.runId]));
   }
 
   function tableRow(run) {
@@ -97,7 +127,11 @@
       if (item) item.remove();
     });
     if (run.status === "running") active.appendChild(taskItem(run));
-    if (run.status === "queued") queued.appendChild(taskItem(run));
+    if (run.status === "queued") {
+      const item = taskItem(run);
+      setReason(item, run.waiting_reason);
+      queued.appendChild(item);
+    }
     setEmpty(active); setEmpty(queued);
     if (table) {
       const existing = table.querySelector(`tr[data-run-id="${CSS.escape(String(run.id))}"]`);
@@ -111,10 +145,11 @@
   }
 
   function connect(delay) {
-    const socket = new WebSocket((location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/ui/ws/runs");
+    const socket = new WebSocket((location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/ui/ws/runs?waiting=1");
     socket.addEventListener("message", (event) => {
       const message = JSON.parse(event.data);
-      if (message.type === "run") update(message.run);
+      if (message.type === "run") { update(message.run); applyWaiting(message.waiting); }
+      else if (message.type === "waiting") applyWaiting(message.waiting);
       else if (message.type === "resync") location.reload();
     });
     socket.addEventListener("close", (event) => {

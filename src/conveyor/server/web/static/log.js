@@ -1,6 +1,6 @@
 // The run page: a virtual-scrolling log viewer per step (it fetches line ranges as they
 // come into view and never holds the whole log), live lines over WebSocket, search on
-// the server, go-to-line, follow mode; live run status.
+// the server, go-to-line, follow mode, each line's time on demand; live run status.
 "use strict";
 (function () {
   const LINE_HEIGHT = 18;          // px; matches .log-row in conveyor.css
@@ -11,6 +11,42 @@
   const runBox = document.getElementById("run");
   const runId = runBox ? runBox.dataset.runId : null;
   const wsBase = (location.protocol === "https:" ? "wss://" : "ws://") + location.host;
+  const TIMESTAMPS_KEY = "conveyor.log.timestamps";
+
+  // One choice for every log on every page, kept across visits. Storage may be off
+  // (private windows, policies): then the toggle still works for this page.
+  let showTimes = false;
+  try { showTimes = localStorage.getItem(TIMESTAMPS_KEY) === "on"; } catch (error) { /* no storage */ }
+
+  function setShowTimes(on) {
+    showTimes = on;
+    try { localStorage.setItem(TIMESTAMPS_KEY, on ? "on" : "off"); } catch (error) { /* no storage */ }
+    viewers.forEach((viewer) => {
+      if (!viewer.built) return;
+      viewer.timestamps.checked = on;
+      viewer.draw();
+    });
+  }
+
+  const two = (n) => String(n).padStart(2, "0");
+
+  /** A line's time (ms since the epoch) as a cell: HH:MM:SS local, the full ISO time as its title. */
+  function timeCell(ms) {
+    const cell = document.createElement("span");
+    cell.className = "lts";
+    // The stylesheet is another part's; the page's policy allows styles set from script.
+    cell.style.flex = "0 0 auto";
+    cell.style.minWidth = "8ch";
+    cell.style.paddingRight = "10px";
+    cell.style.color = "var(--log-number)";
+    cell.style.userSelect = "none";
+    if (typeof ms === "number") {
+      const when = new Date(ms);
+      cell.textContent = `${two(when.getHours())}:${two(when.getMinutes())}:${two(when.getSeconds())}`;
+      cell.title = when.toISOString();
+    }
+    return cell;
+  }
 
   function setStatus(holder, status) {
     const badge = holder && holder.querySelector("[data-status]");
@@ -25,6 +61,7 @@
       this.stepId = details.dataset.stepId;
       this.total = parseInt(details.dataset.lines, 10) || 0;
       this.chunks = new Map();     // chunk index -> array of lines
+      this.times = new Map();      // chunk index -> array of line times (ms since the epoch)
       this.loading = new Set();
       this.highlight = 0;
       this.matches = [];
@@ -46,7 +83,8 @@
         `<span class="muted" data-found aria-live="polite"></span></form>` +
         `<form class="log-goto"><label for="${id}-go">Line</label><input id="${id}-go" type="number" min="1" size="8">` +
         `<button type="submit" class="secondary">Go</button></form>` +
-        `<label class="check"><input type="checkbox" data-follow> Follow</label>`);
+        `<label class="check"><input type="checkbox" data-follow> Follow</label>` +
+        `<label class="check"><input type="checkbox" data-timestamps> Timestamps</label>`);
       this.scroller = document.createElement("div");
       this.scroller.className = "log-scroll";
       this.scroller.tabIndex = 0;
@@ -61,6 +99,9 @@
       this.follow = tools.querySelector("[data-follow]");
       this.follow.checked = this.details.dataset.status === "running";
       this.found = tools.querySelector("[data-found]");
+      this.timestamps = tools.querySelector("[data-timestamps]");
+      this.timestamps.checked = showTimes;
+      this.timestamps.addEventListener("change", () => setShowTimes(this.timestamps.checked));
       this.scroller.addEventListener("scroll", () => this.draw());
       window.addEventListener("resize", () => this.draw());
       tools.querySelector(".log-goto").addEventListener("submit", (event) => {
@@ -112,6 +153,11 @@
       return chunk ? chunk[n % CHUNK] : undefined;
     }
 
+    time(n) {  // 0-based; undefined when not known (yet)
+      const chunk = this.times.get(Math.floor(n / CHUNK));
+      return chunk ? chunk[n % CHUNK] : undefined;
+    }
+
     draw() {
       if (!this.built) return;
       const first = this.firstLine();
@@ -132,7 +178,8 @@
         const value = this.line(i);
         if (value === undefined) { missing.add(Math.floor(i / CHUNK)); text.classList.add("pending"); }
         else window.ConveyorAnsi.render(value, text);
-        row.append(number, text);
+        if (showTimes) row.append(number, timeCell(this.time(i)), text);
+        else row.append(number, text);
         fragment.appendChild(row);
       }
       this.rows.replaceChildren(fragment);
@@ -149,12 +196,16 @@
         if (!reply.ok) return;
         const body = await reply.json();
         const known = this.chunks.get(chunk) || [];
-        const lines = body.lines.length >= known.length ? body.lines : known;
-        this.chunks.set(chunk, lines.slice());
+        const fresher = body.lines.length >= known.length;
+        this.chunks.set(chunk, (fresher ? body.lines : known).slice());
+        this.times.set(chunk, (fresher ? body.times || [] : this.times.get(chunk) || []).slice());
         if (this.chunks.size > MAX_CACHED_CHUNKS) {
           const here = Math.floor(this.firstLine() / CHUNK);
           const far = [...this.chunks.keys()].sort((a, b) => Math.abs(b - here) - Math.abs(a - here));
-          far.slice(0, this.chunks.size - MAX_CACHED_CHUNKS).forEach((key) => this.chunks.delete(key));
+          far.slice(0, this.chunks.size - MAX_CACHED_CHUNKS).forEach((key) => {
+            this.chunks.delete(key);
+            this.times.delete(key);
+          });
         }
         if (body.total > this.total) { this.total = body.total; this.counted(); }
         this.draw();
@@ -169,15 +220,20 @@
       if (this.built) this.resize();
     }
 
-    /** Lines that arrived live, `start` 0-based. */
-    add(start, lines) {
+    /** Lines that arrived live, `start` 0-based, with their times (if the server sent them). */
+    add(start, lines, times) {
       for (let k = 0; k < lines.length; k++) {
         const n = start + k, index = Math.floor(n / CHUNK);
         let chunk = this.chunks.get(index);
         // A chunk starts being filled live only from its first line; else fetch it.
         if (!chunk && n % CHUNK !== 0) continue;
-        if (!chunk) { chunk = []; this.chunks.set(index, chunk); }
-        if (n % CHUNK <= chunk.length) chunk[n % CHUNK] = lines[k];
+        if (!chunk) { chunk = []; this.chunks.set(index, chunk); this.times.set(index, []); }
+        if (n % CHUNK <= chunk.length) {
+          chunk[n % CHUNK] = lines[k];
+          const stamps = this.times.get(index) || [];
+          stamps[n % CHUNK] = times ? times[k] : undefined;
+          this.times.set(index, stamps);
+        }
       }
       this.total = Math.max(this.total, start + lines.length);
       this.counted();
@@ -219,11 +275,19 @@
     if (!FINISHED.has(details.dataset.status) && runId) follow(viewer);
   });
 
+  /** `[[time, count], ...]` (count lines in a row at time) as one time per line. */
+  function expandRuns(runs) {
+    if (!Array.isArray(runs)) return undefined;
+    const times = [];
+    runs.forEach(([time, count]) => { for (let k = 0; k < count; k++) times.push(time); });
+    return times;
+  }
+
   function follow(viewer) {
     const socket = new WebSocket(`${wsBase}/api/v1/runs/${runId}/logs/ws?step=${viewer.stepId}&offset=${viewer.total}`);
     socket.addEventListener("message", (event) => {
       const message = JSON.parse(event.data);
-      if (message.type === "lines") viewer.add(message.start, message.lines);
+      if (message.type === "lines") viewer.add(message.start, message.lines, expandRuns(message.time_runs));
       else if (message.type === "status" || message.type === "end") {
         viewer.details.dataset.status = message.status;
         setStatus(viewer.details.querySelector("[data-step-status]"), message.status);

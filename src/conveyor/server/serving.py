@@ -1,0 +1,82 @@
+"""Serving the app with uvicorn, as `conveyor server` does: a stop that does not wait
+out the agents' long polls, and an access log that shows no secrets and no agent
+chatter."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import socket
+from types import FrameType
+
+import uvicorn
+from fastapi import FastAPI
+
+from conveyor.server.config import Settings
+
+GRACEFUL_SHUTDOWN_SECONDS = 5
+_SECRET_QUERY = re.compile(r"((?:^|[?&])(?:token|access_token)=)[^&\s\"]*", re.IGNORECASE)
+_AGENT_PROTOCOL = "/api/v1/agent/"
+
+
+def redact_query(text: str) -> str:
+    """`text` (a path with its query, or a log line) with token values hidden: a
+    WebSocket viewer may pass its token as `?token=` (browsers cannot set headers)."""
+    return _SECRET_QUERY.sub(r"\1[hidden]", text)
+
+
+class AccessLogFilter(logging.Filter):
+    """Hides tokens in uvicorn's access and WebSocket lines, and leaves out the agent
+    protocol's successful calls (claims, heartbeats, log batches: many per second
+    with busy agents, and nothing a person reads); its failures are kept."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if not isinstance(args, tuple):
+            return True
+        if len(args) == 5 and isinstance(args[2], str) and args[2].startswith(_AGENT_PROTOCOL):
+            status = args[4]
+            if isinstance(status, int) and status < 400:
+                return False
+        record.args = tuple(redact_query(arg) if isinstance(arg, str) else arg for arg in args)
+        return True
+
+
+class _Server(uvicorn.Server):
+    """Sets `app.state.stopping` as soon as a stop is asked, so that waiting claims
+    answer at once instead of holding the stop for the graceful timeout."""
+
+    def __init__(self, config: uvicorn.Config, app: FastAPI) -> None:
+        super().__init__(config)
+        self.app = app
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        self.loop = asyncio.get_running_loop()
+        await super().serve(sockets)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        stopping: asyncio.Event = self.app.state.stopping
+        if self.loop is not None:
+            # A signal handler may run in the middle of the loop's own work.
+            self.loop.call_soon_threadsafe(stopping.set)
+        super().handle_exit(sig, frame)
+
+
+def serve(app: FastAPI, settings: Settings) -> None:
+    access_filter = AccessLogFilter()
+    for name in ("uvicorn.access", "uvicorn.error"):
+        logging.getLogger(name).addFilter(access_filter)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level="info",
+        # Agents long-poll for up to 30 s; they are answered at once on a stop (see
+        # `_Server`), so this bounds only slow downloads and log viewers.
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+        # Per-message compression doubles the cost of each log viewer; lines are small.
+        ws_per_message_deflate=False,
+    )
+    _Server(config, app).run()
