@@ -915,7 +915,9 @@ def _share_mirror(mirror: Path, dest: Path, origin_url: str, refs: bytes) -> Non
                 packed.append((name, sha))
         elif name.startswith(_TAG_PREFIX.encode()):
             packed.append((name, sha))
-    init = ["init", "--quiet"]
+    # No template: the sample hooks and the rest of it cost more than the whole
+    # checkout of a small repository (a workspace never runs hooks of its own).
+    init = ["init", "--quiet", "--template="]
     if default_branch is not None:
         init.append(f"--initial-branch={os.fsdecode(default_branch)}")
     _git_checked([*init, "--", str(dest)], doing=f"creating the workspace {dest}")
