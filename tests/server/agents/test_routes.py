@@ -219,6 +219,39 @@ class TestClaim:
         print(f"long-poll pickup latency: {latency * 1000:.1f} ms")
         assert latency < 2.0
 
+    def test_long_poll_wakes_when_a_limited_project_frees_a_slot(
+        self, http: httpx.Client, db_session: Session, server_url: str, server_app: FastAPI
+    ) -> None:
+        project = add_project(db_session, "p", limit=1)
+        first = queue_job(db_session, project)
+        second = queue_job(db_session, project)
+        _, token = add_agent(db_session, "a")
+        (spec,) = claim(http, token, free_slots=2)["jobs"]  # type: ignore[misc]
+        assert spec["job_id"] == first.id  # the limit holds the second back
+        answer: dict[str, object] = {}
+
+        def wait_for_job() -> None:
+            with httpx.Client(base_url=server_url, timeout=30) as client:
+                answer.update(claim(client, token, wait=10.0))
+                answer["at"] = time.monotonic()
+
+        waiter = threading.Thread(target=wait_for_job)
+        waiter.start()
+        time.sleep(0.5)  # the claim is now waiting on the server
+        assert "at" not in answer
+        finished = http.post(
+            f"/api/v1/agent/jobs/{first.id}/finish",
+            json={"status": "success"},
+            headers=agent_headers(token, str(spec["lease_id"])),
+        )
+        assert finished.status_code == 200, finished.text
+        freed = time.monotonic()
+        waiter.join(timeout=15)
+        assert _job_ids(answer) == [second.id]
+        latency = float(answer["at"]) - freed  # type: ignore[arg-type]
+        print(f"pickup after a freed slot: {latency * 1000:.1f} ms")
+        assert latency < 2.0
+
 
 def _claimed(http: httpx.Client, db_session: Session) -> tuple[Job, str, str, Agent]:
     """One job claimed by a fresh agent: (job, lease id, agent token, agent)."""

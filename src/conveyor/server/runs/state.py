@@ -30,6 +30,7 @@ from conveyor.server.errors import ConflictError
 from conveyor.server.events import Event, publish_after_commit
 from conveyor.server.models.agent import Agent
 from conveyor.server.models.job import Job
+from conveyor.server.models.project import Project
 from conveyor.server.models.run import Run
 from conveyor.server.models.step import Step
 
@@ -127,6 +128,7 @@ def finish_job(
         raise ValueError(f"finish_job needs a final status, not {status}")
     _check(f"job {job.id}", job.status, status)
     now = now or utcnow()
+    was_running = job.status is Status.RUNNING
     job.status = status
     job.finished_at = now
     job.error_message = message
@@ -135,6 +137,8 @@ def finish_job(
     job.claimable_at = None
     _close_steps(session, job, status, now)
     session.flush()
+    if was_running:
+        _announce_freed_slot(session, job)
     _refresh_run(session, job.run_id, now)
 
 
@@ -156,7 +160,22 @@ def cancel_job(session: Session, job: Job, *, now: datetime | None = None) -> No
         publish_after_commit(
             session, Event(f"agent:{job.agent_id}", "job.cancel", {"job_id": job.id})
         )
+    if running:
+        _announce_freed_slot(session, job)
     _refresh_run(session, job.run_id, now)
+
+
+def _announce_freed_slot(session: Session, job: Job) -> None:
+    """A running job ended: if its project has a concurrency limit, its queued jobs
+    may be claimable now, so the waiting claims are woken (no event, no pickup until
+    a claim times out)."""
+    limit = session.scalar(
+        select(Project.concurrency_limit)
+        .join(Run, Run.project_id == Project.id)
+        .where(Run.id == job.run_id)
+    )
+    if limit is not None:
+        publish_after_commit(session, Event("queue", "job.slot_freed", {"job_id": job.id}))
 
 
 def release_job(session: Session, job: Job) -> None:

@@ -13,6 +13,16 @@ viewer may read its project. Messages:
 The reasons cost a few queries per event, so only a page that shows them asks for
 them (`?waiting=1`, the dashboard); others get `waiting_reason` null and no `waiting`.
 - `{"type": "resync"}` when events were lost (the page then reloads its lists).
+
+`/ui/ws/runs/{run_id}`: one run in full, for its page (`follow_run`). Messages:
+
+- `{"type": "detail", "run": <the run as GET /api/v1/runs/{id} gives it: status,
+  timings, and each job with its steps>}` on connect and whenever any of it changed.
+
+Each `run:<id>` event (a run or step status) wakes it; a job can change without one (a
+second job starting while the run already runs), so while the run is unfinished it also
+looks every `DETAIL_CHECK_SECONDS`. A whole snapshot each time: a lost event costs
+nothing but a late update, and the page needs no resync.
 """
 
 from __future__ import annotations
@@ -45,6 +55,11 @@ router = APIRouter(include_in_schema=False)
 WAITING_CHECK_SECONDS = 3.0
 """How often the reasons of queued runs are checked while nothing else is pushed: an
 agent going offline changes them without any run event."""
+
+DETAIL_CHECK_SECONDS = 3.0
+"""How often the run page's socket looks at an unfinished run without being woken."""
+RUN_NOT_READABLE_CODE = 4404
+"""Close code when the run does not exist or the viewer may not read it."""
 
 
 def _actor(websocket: WebSocket) -> Actor:
@@ -170,3 +185,59 @@ async def _until_disconnected(websocket: WebSocket) -> None:
         message = await websocket.receive()
         if message["type"] == "websocket.disconnect":
             return
+
+
+def _run_detail(websocket: WebSocket, actor: Actor, run_id: int) -> dict[str, Any] | None:
+    """The run with its jobs and steps, as the API gives it, if the viewer may read it."""
+    factory: sessionmaker[Session] = websocket.app.state.read_session_factory
+    with factory() as session:
+        try:
+            run, project = runs_service.get_run_for(session, actor, run_id, Action.READ)
+        except ConveyorError:
+            return None
+        detail: dict[str, Any] = runs_service.describe_run(session, run, project).model_dump(
+            mode="json"
+        )
+        return detail
+
+
+@router.websocket("/ui/ws/runs/{run_id}")
+async def follow_run(websocket: WebSocket, run_id: int) -> None:
+    """Push the run `run_id` whole (status, jobs, steps) each time any of it changes."""
+    await websocket.accept()
+    actor = await run_in_threadpool(_actor, websocket)
+    if actor.is_anonymous and not actor.anonymous_read_allowed:
+        await websocket.close(code=4401, reason="not_authenticated")
+        return
+    bus: EventBus = websocket.app.state.event_bus
+    watching = asyncio.create_task(_until_disconnected(websocket))
+    try:
+        # Subscribed before the first read, so no change falls between the two.
+        with bus.subscribe([f"run:{run_id}"]) as subscription:
+            sent: str | None = None
+            while not watching.done():
+                detail = await run_in_threadpool(_run_detail, websocket, actor, run_id)
+                if detail is None:
+                    await websocket.close(code=RUN_NOT_READABLE_CODE, reason="run_not_readable")
+                    return
+                text = json.dumps({"type": "detail", "run": detail})
+                if text != sent:
+                    await websocket.send_text(text)
+                    sent = text
+                finished = Status(detail["status"]).finished
+                woken_at = time.monotonic()
+                while not watching.done():
+                    # A finished run changes only by a late event; an unfinished one
+                    # is also looked at now and then.
+                    event = await subscription.get(within=1.0)
+                    if event is not None:
+                        subscription.get_pending()  # a burst is one read
+                        break
+                    if not finished and time.monotonic() - woken_at >= DETAIL_CHECK_SECONDS:
+                        break
+    except (WebSocketDisconnect, RuntimeError):
+        pass
+    finally:
+        watching.cancel()
+        with contextlib.suppress(asyncio.CancelledError, WebSocketDisconnect, Exception):
+            await watching

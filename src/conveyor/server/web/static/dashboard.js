@@ -1,11 +1,13 @@
 // The dashboard, live: run status changes arrive over /ui/ws/runs and update the
-// lists in place (no reload), and so do the reasons queued runs wait for (every push
-// carries them all: a claim or an agent going offline changes others' reasons too).
+// lists in place (no reload), with the "N running, N queued" summary above them, and so
+// do the reasons queued runs wait for (every push carries them all: a claim or an agent
+// going offline changes others' reasons too).
 // Everything from the server goes in through textContent.
 "use strict";
 (function () {
   const FINISHED = new Set(["success", "failure", "warning", "cancelled", "skipped", "error"]);
   const messages = document.getElementById("messages");
+  const counts = document.getElementById("run-counts");
   const active = document.getElementById("active-runs");
   const queued = document.getElementById("queued-runs");
   const table = document.querySelector("table[data-live-runs] tbody");
@@ -133,6 +135,7 @@
       queued.appendChild(item);
     }
     setEmpty(active); setEmpty(queued);
+    count();
     if (table) {
       const existing = table.querySelector(`tr[data-run-id="${CSS.escape(String(run.id))}"]`);
       const row = tableRow(run);
@@ -140,8 +143,18 @@
       else { table.prepend(row); const empty = table.querySelector("tr.empty"); if (empty) empty.remove(); }
     }
     const note = el("li", "", `${run.project} #${run.number}: ${run.status}`);
-    messages.prepend(note);
+    counts.after(note);  // the newest note just below the summary
     while (messages.children.length > 8) messages.lastElementChild.remove();
+  }
+
+  // The summary counts what the lists hold, so it can never disagree with them.
+  function count() {
+    const running = String(active.querySelectorAll("li[data-run-id]").length);
+    const waiting = String(queued.querySelectorAll("li[data-run-id]").length);
+    const runningNode = counts.querySelector('[data-count="running"]');
+    const queuedNode = counts.querySelector('[data-count="queued"]');
+    if (runningNode.textContent !== running) runningNode.textContent = running;
+    if (queuedNode.textContent !== waiting) queuedNode.textContent = waiting;
   }
 
   function connect(delay) {

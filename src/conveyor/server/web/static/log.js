@@ -312,19 +312,127 @@
   window.addEventListener("hashchange", openFromHash);
   openFromHash();
 
-  // Run status: from the same live feed as the dashboard.
-  if (runId) {
-    const socket = new WebSocket(`${wsBase}/ui/ws/runs`);
+  // Every status on the page follows the run's own feed (/ui/ws/runs/<id>): each message
+  // is the whole run (status, timings, jobs, steps), so applying the latest one is all
+  // it takes, whatever was missed. Everything from the server goes in as text.
+
+  // As the server writes them (the `duration` and `moment` filters), so nothing jumps.
+  function duration(seconds) {
+    if (seconds === null || seconds === undefined) return "";
+    seconds = Math.max(0, seconds);
+    const whole = Math.floor(seconds);
+    if (whole < 60) return seconds < 10 ? seconds.toFixed(1) + "s" : whole + "s";
+    const m = Math.floor(whole / 60), s = whole % 60;
+    return m < 60 ? `${m}m ${two(s)}s` : `${Math.floor(m / 60)}h ${two(m % 60)}m`;
+  }
+  function moment(iso) {
+    const when = iso ? new Date(iso) : null;
+    if (!when || Number.isNaN(when.getTime())) return "";
+    return when.toISOString().slice(0, 19).replace("T", " ") + " UTC";
+  }
+  function setText(node, text) {
+    if (node && node.textContent !== text) node.textContent = text;
+  }
+  function setProblem(nodes, message) {
+    nodes.forEach((node) => {
+      node.hidden = !message;
+      if (node.tagName !== "DT") setText(node, message || "");
+    });
+  }
+
+  function applyStep(step) {
+    const details = document.querySelector(`details.step[data-step-id="${CSS.escape(String(step.id))}"]`);
+    if (!details) return;
+    const was = details.dataset.status;
+    details.dataset.status = step.status;
+    setStatus(details.querySelector("[data-step-status]"), step.status);
+    if (step.status === "running" && was !== "running" && !details.open) details.open = true;
+    setText(details.querySelector("[data-step-exit]"),
+      step.exit_code === null || step.exit_code === undefined ? "" : `exit ${step.exit_code} · `);
+    setText(details.querySelector("[data-step-started]"), step.started_at ? moment(step.started_at) + " · " : "");
+    const took = step.started_at && step.finished_at
+      ? (new Date(step.finished_at) - new Date(step.started_at)) / 1000 : null;
+    setText(details.querySelector("[data-step-took]"), took === null ? "" : duration(took) + " · ");
+  }
+
+  function applyJob(job) {
+    const section = document.querySelector(`section.job[data-job-id="${CSS.escape(String(job.id))}"]`);
+    if (!section) return;
+    section.dataset.status = job.status;
+    setStatus(section.querySelector("[data-job-status]"), job.status);
+    let facts = duration(job.duration_seconds);
+    if (job.agent) facts += " on " + job.agent;
+    if (job.attempts > 1) facts += " · attempt " + job.attempts;
+    setText(section.querySelector("[data-job-facts]"), facts);
+    setProblem(section.querySelectorAll("[data-job-problem]"), job.error_message);
+    job.steps.forEach(applyStep);
+  }
+
+  function applyRun(run) {
+    runBox.dataset.status = run.status;
+    setStatus(runBox.querySelector("[data-run-status]"), run.status);
+    const finished = FINISHED.has(run.status);
+    runBox.querySelectorAll("[data-when]").forEach((form) => {
+      form.hidden = (form.dataset.when === "finished") !== finished;
+    });
+    setText(document.querySelector("[data-run-queued]"), duration(run.queued_seconds));
+    setText(document.querySelector("[data-run-duration]"), duration(run.duration_seconds));
+    setProblem(document.querySelectorAll("[data-run-problem]"), run.error_message);
+    run.jobs.forEach(applyJob);
+  }
+
+  function followRun(delay) {
+    const socket = new WebSocket(`${wsBase}/ui/ws/runs/${encodeURIComponent(runId)}`);
+    socket.addEventListener("open", () => { runBox.dataset.live = "open"; delay = 1000; });
     socket.addEventListener("message", (event) => {
       const message = JSON.parse(event.data);
-      if (message.type !== "run" || String(message.run.id) !== runId) return;
-      const status = message.run.status;
-      runBox.dataset.status = status;
-      setStatus(runBox.querySelector("[data-run-status]"), status);
-      const finished = FINISHED.has(status);
-      runBox.querySelectorAll("[data-when]").forEach((form) => {
-        form.hidden = (form.dataset.when === "finished") !== finished;
-      });
+      if (message.type === "detail" && String(message.run.id) === runId) applyRun(message.run);
     });
+    socket.addEventListener("close", (event) => {
+      runBox.dataset.live = "closed";
+      if (event.code === 4401 || event.code === 4404) return;  // signed out, or no such run
+      setTimeout(() => followRun(Math.min(delay * 2, 30000)), delay);
+    });
+  }
+
+  function showNotice(text) {
+    const main = document.getElementById("main");
+    let notice = main.querySelector(".notice[role=status]");
+    if (!notice) {
+      notice = document.createElement("p");
+      notice.className = "notice";
+      notice.setAttribute("role", "status");
+      main.prepend(notice);
+    }
+    notice.textContent = text;
+  }
+
+  // Cancel without leaving the page: the feed above shows what it did. Should the
+  // request fail, the form goes the ordinary way, so the server's error page says why.
+  function cancelInPlace(form) {
+    form.addEventListener("submit", async (event) => {
+      event.preventDefault();
+      const button = form.querySelector("button");
+      button.disabled = true;
+      try {
+        const reply = await fetch(form.action, {
+          method: "POST",
+          body: new URLSearchParams(new FormData(form)),
+          credentials: "same-origin",
+          redirect: "manual",  // the 303 back to this page: nothing to load
+        });
+        if (reply.type === "opaqueredirect" || reply.ok) showNotice("Run cancelled");
+        else form.submit();
+      } catch (error) {
+        form.submit();
+      } finally {
+        button.disabled = false;
+      }
+    });
+  }
+
+  if (runId) {
+    followRun(1000);
+    runBox.querySelectorAll('form[data-when="unfinished"]').forEach(cancelInPlace);
   }
 })();
