@@ -1,12 +1,14 @@
 from __future__ import annotations
 
 import hashlib
+import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
+from conveyor.server.db import dialect
 from conveyor.server.errors import (
     ConflictError,
     InvalidInputError,
@@ -37,6 +39,36 @@ class TestEnsureFirstAdmin:
         add_user(db_session, "ada")
         assert service.ensure_first_admin(db_session) is None
         assert [user.name for user in service.list_users(db_session)] == ["ada"]
+
+    def test_a_second_server_starting_at_once_makes_no_second_admin(
+        self, db_session: Session
+    ) -> None:
+        # Another server's start, between our count and our insert, in write
+        # transactions as servers prepare the database: on PostgreSQL our insert waits
+        # on the unique name until the other commits, on SQLite our transaction waits
+        # to begin; either way ours then makes no admin and shows no password.
+        bind = db_session.get_bind()
+        writing = dialect.write_transaction_options(bind.engine)
+        other = Session(bind=bind)
+        other.connection(execution_options=writing)
+        assert service.ensure_first_admin(other) is not None  # flushed, not committed
+        result: dict[str, object] = {}
+
+        def our_start() -> None:
+            with Session(bind=bind) as ours:
+                ours.connection(execution_options=writing)
+                result["password"] = service.ensure_first_admin(ours)
+                ours.commit()
+
+        thread = threading.Thread(target=our_start)
+        thread.start()
+        thread.join(timeout=1.0)
+        assert thread.is_alive()  # waiting on the other start's uncommitted admin
+        other.commit()
+        other.close()
+        thread.join(timeout=10)
+        assert result == {"password": None}
+        assert [user.name for user in service.list_users(db_session)] == ["admin"]
 
 
 class TestCreateUser:

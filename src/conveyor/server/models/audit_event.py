@@ -3,7 +3,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ForeignKey, String
+from sqlalchemy import ForeignKey, Index, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from conveyor.server.db.base import Base, UTCDateTime, utcnow
@@ -14,6 +14,8 @@ class AuditEvent(Base):
     """Who did what, when, from where. Rows outlive the users and projects they name."""
 
     __tablename__ = "audit_events"
+    # A run's history (runs/history.py) reads the events of one target.
+    __table_args__ = (Index("ix_audit_events_target", "target_type", "target_id", "created_at"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import or_, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from conveyor.server.db.base import utcnow
@@ -148,7 +149,13 @@ def ensure_first_admin(session: Session) -> str | None:
     if UserRepository(session).count() > 0:
         return None
     password = passwords.generate_password()
-    create_user(session, FIRST_ADMIN_NAME, password, is_admin=True, display_name="Administrator")
+    try:
+        with session.begin_nested():
+            create_user(
+                session, FIRST_ADMIN_NAME, password, is_admin=True, display_name="Administrator"
+            )
+    except IntegrityError:
+        return None  # another server starting on the same database made it first
     return password
 
 
