@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from conveyor.server import events, health, web
+from conveyor.server import events, health, metrics, web
 from conveyor.server.agents import embedded as embedded_agents
 from conveyor.server.agents import routes as agents_routes
 from conveyor.server.artifacts import routes as artifacts_routes
@@ -186,6 +186,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(Exception, _render_unexpected_error)
 
     app.include_router(health.router)
+    app.include_router(metrics.router)
     app.include_router(users_routes.router)
     app.include_router(logs_routes.router)
     app.include_router(artifacts_routes.router)
