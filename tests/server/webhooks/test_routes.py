@@ -395,6 +395,13 @@ class TestRules:
         older, newer = runs(db_session)
         assert (older.commit_sha, older.status) == (first, Status.CANCELLED)
         assert (newer.commit_sha, newer.status) == (second, Status.QUEUED)
+        admin = bearer(db_session, add_user(db_session, "root", is_admin=True))
+        history = http.get(f"/api/v1/runs/{older.id}/events", headers=admin)
+        assert history.status_code == 200, history.text
+        cancels = [event for event in history.json() if event["action"] == "cancelled"]
+        assert [(event["actor"], event["details"]) for event in cancels] == [
+            ("webhook", f"superseded by run #{newer.number} of the same branch")
+        ]
 
     def test_older_runs_stay_when_the_switch_is_off(
         self, http: httpx.Client, db_session: Session, repo: Repo, project: Project

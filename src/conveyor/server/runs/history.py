@@ -65,12 +65,15 @@ def history_of(session: Session, run: Run) -> list[RunEventRead]:
     events += _job_events(session, run, recorded)
     for event in recorded:
         if event.action == CANCEL_ACTION:
+            newer = event.detail.get(SUPERSEDED_BY)
             events.append(
                 RunEventRead(
                     time=event.created_at,
                     actor=event.actor_name,
                     action=RunEventAction.CANCELLED,
-                    details="asked to stop the run",
+                    details="asked to stop the run"
+                    if newer is None
+                    else f"superseded by run #{newer} of the same branch",
                 )
             )
         elif event.action == RETRY_ACTION and "number" in event.detail:
@@ -102,6 +105,24 @@ def record_cancel(session: Session, actor: Actor, run: Run, *, remote_address: s
         remote_address=remote_address,
         # The moment the cancel stamped on the run, so the history reads cause, then end.
         at=run.finished_at,
+    )
+
+
+SUPERSEDED_BY = "superseded_by"
+
+
+def record_superseded(session: Session, older: Run, newer: Run) -> None:
+    """Audit that a webhook's new run cancelled `older` (the project cancels superseded
+    runs; after `state.cancel_run`)."""
+    audit.record(
+        session,
+        actor_id=None,
+        actor_name="webhook",
+        action=CANCEL_ACTION,
+        target_type="run",
+        target_id=older.id,
+        detail={SUPERSEDED_BY: newer.number},
+        at=older.finished_at,
     )
 
 

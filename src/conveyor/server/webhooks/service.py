@@ -42,8 +42,8 @@ from conveyor.server.models.run import Run
 from conveyor.server.models.webhook_delivery import DeliveryResult, WebhookDelivery
 from conveyor.server.projects import service as projects_service
 from conveyor.server.projects.repository import ProjectRepository
+from conveyor.server.runs import history, state
 from conveyor.server.runs import service as runs_service
-from conveyor.server.runs import state
 from conveyor.server.runs.schemas import TriggerRequest
 from conveyor.server.secrets.cipher import SecretCipher, SecretUnreadableError
 from conveyor.server.users.authorization import Action, Actor
@@ -438,6 +438,7 @@ def record_run(
     if project.cancel_superseded and event.kind is EventKind.PUSH and event.branch:
         for older in superseded_runs(session, run):
             state.cancel_run(session, older)
+            history.record_superseded(session, older, run)
     session.flush()
     return run
 
