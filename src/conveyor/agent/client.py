@@ -26,6 +26,7 @@ from conveyor.protocol.agents import (
     JobReport,
     LogAppended,
     LogChunk,
+    StepEnd,
     StepReport,
     UploadStart,
     UploadState,
@@ -66,6 +67,10 @@ class LogGap(Exception):
         self.size = size
 
 
+class EndpointMissingError(Exception):
+    """The server does not know this call (an older version): use the older calls."""
+
+
 class AgentClient:
     """Calls of one agent, authenticated by its token. `retry_for` bounds how long a
     call keeps retrying transient failures before raising the last one."""
@@ -83,6 +88,9 @@ class AgentClient:
         """Longest wait for an answer (and for each read or write) before the request
         is retried on a new connection; `fit_to_lease` shortens it."""
         self._long_timeout = timeout
+        self.ends_steps_with_log = True
+        """Whether to send a step's log tail with its end report (`end_step`); off once
+        the server turns out not to know that call."""
         self._http = httpx.AsyncClient(
             base_url=server_url.rstrip("/") + "/api/v1/agent",
             headers={"Authorization": f"Bearer {token}"},
@@ -196,6 +204,34 @@ class AgentClient:
                 raise LogGap(detail["size"])
         return await self._model(LogAppended, response)
 
+    async def end_step(
+        self,
+        job_id: int,
+        lease_id: str,
+        index: int,
+        report: StepReport,
+        offset: int,
+        chunk: LogChunk | None,
+    ) -> LogAppended:
+        """A step's log tail (from `offset`) and its end report in one call; raises
+        `LogGap` as `append_log` does (nothing was applied then), and
+        `EndpointMissingError` when the server is older than this call."""
+        response = await self._call(
+            "POST",
+            f"/jobs/{job_id}/steps/{index}/end",
+            json=StepEnd.of(report, offset, chunk),
+            lease_id=lease_id,
+        )
+        if response.status_code in (404, 405) and not _has_error_shape(response):
+            # Not our error shape: the route itself is unknown (a server before it).
+            self.ends_steps_with_log = False
+            raise EndpointMissingError(response.request.url.path)
+        if response.status_code == 409:
+            detail = _error_detail(response)
+            if isinstance(detail, dict) and isinstance(detail.get("size"), int):
+                raise LogGap(detail["size"])
+        return await self._model(LogAppended, response)
+
     async def report_step(self, job_id: int, lease_id: str, index: int, report: StepReport) -> None:
         response = await self._call(
             "POST", f"/jobs/{job_id}/steps/{index}", json=report, lease_id=lease_id
@@ -237,6 +273,15 @@ class AgentClient:
             "POST", f"/uploads/{upload_id}/complete", read_timeout=self._long_timeout
         )
         return await self._model(ArtifactInfo, response)
+
+
+def _has_error_shape(response: httpx.Response) -> bool:
+    """Whether the body is Conveyor's `{"error": {...}}` (a route's own answer)."""
+    try:
+        body = response.json()
+    except ValueError:
+        return False
+    return isinstance(body, dict) and isinstance(body.get("error"), dict)
 
 
 def _error_detail(response: httpx.Response) -> Any:

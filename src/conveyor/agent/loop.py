@@ -27,7 +27,7 @@ from conveyor import __version__
 from conveyor.agent.artifacts import Artifact
 from conveyor.agent.backends.base import Backend
 from conveyor.agent.checkout import CheckoutError, MirrorCache
-from conveyor.agent.client import AgentClient, LogGap, ServerRefusedError
+from conveyor.agent.client import AgentClient, EndpointMissingError, LogGap, ServerRefusedError
 from conveyor.agent.engine import JobRunner, RunFacts, StepResult
 from conveyor.pipeline.plan import ArchiveFormat, StepPlan
 from conveyor.protocol.agents import (
@@ -191,11 +191,39 @@ class ServerSink:
         log = self._logs.get(result.index)
 
         async def send_log_and_report() -> None:
+            if await self._end_in_one_call(log, result.index, report):
+                return
             if log is not None:
                 await self._send(log, result.index)
             await self._report(result.index, report)
 
         self._in_order(send_log_and_report)
+
+    async def _end_in_one_call(self, log: _StepLog | None, index: int, report: StepReport) -> bool:
+        """Send the step's log tail (when small) with its end report in one request;
+        False when that was not done (a tail too long for one request, a gap to resend
+        from, an older server): the caller then sends them apart."""
+        if not self.client.ends_steps_with_log:
+            return False
+        async with self._send_lock:
+            start = 0 if log is None else log.acknowledged
+            unsent = 0 if log is None else log.written - start
+            if unsent > LOG_BATCH_BYTES:
+                return False
+            chunk = None if log is None or not unsent else log.chunk(start, start + unsent)
+            try:
+                appended = await self.client.end_step(
+                    self.spec.job_id, self.spec.lease_id, index, report, start, chunk
+                )
+            except LogGap as gap:
+                if log is not None:
+                    log.acknowledged = min(gap.size, log.written)
+                return False
+            except EndpointMissingError:
+                return False
+            if log is not None:
+                log.acknowledged = min(max(appended.size, log.acknowledged), log.written)
+            return True
 
     async def close(self) -> None:
         for unreported_start in self._unreported_starts.values():

@@ -11,6 +11,7 @@ The calls, all under `/api/v1/agent`:
     POST  /heartbeat                      Heartbeat         -> HeartbeatResponse
     PUT   /jobs/{job}/steps/{i}/log?offset=N   raw bytes    -> LogAppended     (409: LogGap)
     POST  /jobs/{job}/steps/{i}           StepReport        -> {}
+    POST  /jobs/{job}/steps/{i}/end       StepEnd           -> LogAppended     (409: LogGap)
     POST  /jobs/{job}/finish              JobReport         -> {}
     POST  /jobs/{job}/uploads             UploadStart       -> UploadState
     GET   /uploads/{id}                                     -> UploadState
@@ -32,6 +33,8 @@ agent) is the bytes alone; the server then stamps the lines with their arrival.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import struct
 import sys
 from array import array
@@ -200,6 +203,39 @@ class StepReport(_Wire):
     started_at: datetime | None = None
     finished_at: datetime | None = None
     message: str | None = None
+
+
+class StepEnd(_Wire):
+    """A step's end report with the last of its log, in one request (`POST
+    /agent/jobs/{job}/steps/{index}/end`): the log tail is appended at `log_offset`
+    exactly as `PUT .../log` would (409 `log_gap` with the server's size, and then
+    nothing of this request is applied), then the report is recorded. Saves a request
+    per step; an agent falls back to the two calls when the server lacks this one."""
+
+    report: StepReport
+    log_offset: int = Field(default=0, ge=0)
+    log_media_type: str = RAW_LOG_MEDIA_TYPE
+    log: str = ""
+    """The tail's body as `LogChunk.encode()` makes it, in base64 (empty: no log)."""
+
+    @classmethod
+    def of(cls, report: StepReport, offset: int, chunk: LogChunk | None) -> StepEnd:
+        if chunk is None or not chunk.data:
+            return cls(report=report, log_offset=offset)
+        media_type, body = chunk.encode()
+        return cls(
+            report=report,
+            log_offset=offset,
+            log_media_type=media_type,
+            log=base64.b64encode(body).decode("ascii"),
+        )
+
+    def log_body(self) -> bytes:
+        """The tail's body; `InvalidLogChunkError` when `log` is no base64."""
+        try:
+            return base64.b64decode(self.log, validate=True)
+        except binascii.Error as error:
+            raise InvalidLogChunkError(f"the log of a step end is not base64: {error}") from error
 
 
 class JobReport(_Wire):

@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from conveyor.protocol.agents import LogChunk, StepEnd, StepReport
 from conveyor.protocol.status import Status
 from conveyor.server.agents import service
 from conveyor.server.config import Settings
@@ -26,6 +27,7 @@ from tests.server.agents.queue import (
     queue_job,
 )
 from tests.server.conftest import add_user, sign_in
+from tests.server.projects.factories import bearer
 
 
 def _job_ids(body: dict[str, object]) -> list[int]:
@@ -348,6 +350,65 @@ class TestReports:
         )
         assert response.status_code == 422
         assert response.json()["error"]["code"] == "invalid_report"
+
+
+class TestStepEnd:
+    def test_the_log_tail_and_the_end_report_land_together(
+        self, http: httpx.Client, db_session: Session
+    ) -> None:
+        job, lease, token, _ = _claimed(http, db_session)
+        headers = agent_headers(token, lease)
+        base = f"/api/v1/agent/jobs/{job.id}"
+        first = http.put(f"{base}/steps/0/log?offset=0", content=b"one\n", headers=headers)
+        assert first.status_code == 200, first.text
+        end = StepEnd.of(
+            StepReport(status=Status.FAILURE, exit_code=3), 4, LogChunk(b"two\nthree\n")
+        )
+        response = http.post(
+            f"{base}/steps/0/end", json=end.model_dump(mode="json"), headers=headers
+        )
+        assert response.status_code == 200, response.text
+        assert response.json() == {"size": 14, "lines": 3}
+        step = db_session.scalars(select(Step).where(Step.job_id == job.id)).one()
+        db_session.refresh(step)
+        assert (step.status, step.exit_code) == (Status.FAILURE, 3)
+        stored = http.get(f"/api/v1/steps/{step.id}/log", headers=_admin(db_session))
+        assert stored.json()["lines"] == ["one", "two", "three"]
+
+    def test_a_tail_past_the_held_log_is_409_and_nothing_is_applied(
+        self, http: httpx.Client, db_session: Session
+    ) -> None:
+        job, lease, token, _ = _claimed(http, db_session)
+        # Far past anything held (ids can repeat on SQLite, and with them log files).
+        end = StepEnd.of(
+            StepReport(status=Status.SUCCESS, exit_code=0), 10_000, LogChunk(b"late\n")
+        )
+        response = http.post(
+            f"/api/v1/agent/jobs/{job.id}/steps/0/end",
+            json=end.model_dump(mode="json"),
+            headers=agent_headers(token, lease),
+        )
+        assert response.status_code == 409, response.text
+        assert response.json()["error"]["code"] == "log_gap"
+        held = response.json()["error"]["detail"]["size"]
+        assert held < 10_000
+        step = db_session.scalars(select(Step).where(Step.job_id == job.id)).one()
+        db_session.refresh(step)
+        assert step.status is Status.QUEUED  # the report was not applied either
+
+    def test_a_log_that_is_no_base64_is_422(self, http: httpx.Client, db_session: Session) -> None:
+        job, lease, token, _ = _claimed(http, db_session)
+        response = http.post(
+            f"/api/v1/agent/jobs/{job.id}/steps/0/end",
+            json={"report": {"status": "success"}, "log": "not base64!"},
+            headers=agent_headers(token, lease),
+        )
+        assert response.status_code == 422, response.text
+        assert response.json()["error"]["code"] == "invalid_log_chunk"
+
+
+def _admin(session: Session) -> dict[str, str]:
+    return bearer(session, add_user(session, "root", is_admin=True))
 
 
 class TestHeartbeatAndCancel:

@@ -23,6 +23,7 @@ from conveyor.protocol.agents import (
     JobReport,
     LogAppended,
     LogChunk,
+    StepEnd,
     StepReport,
     UploadStart,
     UploadState,
@@ -318,6 +319,32 @@ def report_step(
     job = service.check_lease(session, agent, job_id, lease_id)
     service.report_step(session, job, index, body)
     return {}
+
+
+@router.post("/agent/jobs/{job_id}/steps/{index}/end", response_model=LogAppended)
+def end_step(
+    job_id: int,
+    index: int,
+    body: StepEnd,
+    agent: CurrentAgent,
+    session: AgentSession,
+    settings: AppSettings,
+    lease_id: LeaseId = None,
+) -> LogAppended:
+    """The last of a step's log and its end report in one transaction (see `StepEnd`):
+    409 `log_gap` (nothing applied) when the tail's offset is past what the server holds."""
+    job = service.check_lease(session, agent, job_id, lease_id)
+    step = service.step_for(session, job, index)
+    body_bytes = logs_service.decode_step_end_log(body)
+    if body_bytes:
+        chunk = logs_service.decode_chunk(body.log_media_type, body_bytes)
+        appended = _append_log(
+            session, settings, agent, job_id, index, lease_id, body.log_offset, chunk
+        )
+    else:
+        appended = LogAppended(size=step.log_byte_size, lines=step.log_line_count)
+    service.report_step(session, job, index, body.report)
+    return appended
 
 
 @router.post("/agent/jobs/{job_id}/finish")

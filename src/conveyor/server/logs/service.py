@@ -43,7 +43,7 @@ from sqlalchemy.orm import Session, object_session
 
 from conveyor.agent.masking import Masker
 from conveyor.logstore import LineTimes, read_line_times, read_lines
-from conveyor.protocol.agents import InvalidLogChunkError, LogAppended, LogChunk
+from conveyor.protocol.agents import InvalidLogChunkError, LogAppended, LogChunk, StepEnd
 from conveyor.server.config import Settings
 from conveyor.server.errors import ConflictError, InvalidInputError, NotFoundError
 from conveyor.server.events import Event, publish_after_commit
@@ -99,6 +99,16 @@ def times_of(chunk: LogChunk) -> LineTimes | None:
 
 class InvalidLogChunkBodyError(InvalidInputError):
     code = "invalid_log_chunk"
+
+
+def decode_step_end_log(end: StepEnd) -> bytes:
+    """The log tail's body in a step end (see `StepEnd`); 422 when it is no base64."""
+    try:
+        return end.log_body()
+    except InvalidLogChunkError as error:
+        raise InvalidLogChunkBodyError(
+            f"{error}; send the tail's body as standard base64", detail={"field": "log"}
+        ) from error
 
 
 def decode_chunk(media_type: str | None, body: bytes) -> LogChunk:
