@@ -22,7 +22,6 @@ from conveyor.protocol.agents import (
     HeartbeatResponse,
     JobReport,
     LogAppended,
-    LogChunk,
     StepEnd,
     StepReport,
     UploadStart,
@@ -271,23 +270,6 @@ def heartbeat(
     return service.heartbeat(session, settings, agent, body)
 
 
-def _append_log(
-    session: Session,
-    settings: Settings,
-    agent: Agent,
-    job_id: int,
-    index: int,
-    lease_id: str | None,
-    offset: int,
-    chunk: LogChunk,
-) -> LogAppended:
-    job = service.check_lease(session, agent, job_id, lease_id)
-    step = service.step_for(session, job, index)
-    secrets = service.project_secrets(session, settings, service.job_project(session, job))
-    times = logs_service.times_of(chunk)
-    return logs_service.append(session, settings, step, offset, chunk.data, secrets, times)
-
-
 @router.put("/agent/jobs/{job_id}/steps/{index}/log", response_model=LogAppended)
 async def append_log(
     job_id: int,
@@ -302,9 +284,12 @@ async def append_log(
     """Raw log bytes at a byte offset; 409 `log_gap` with the size the server holds
     when the offset is past it. A `LogChunk` body carries the lines' times too."""
     chunk = logs_service.decode_chunk(request.headers.get("content-type"), await request.body())
-    return await run_in_threadpool(
-        _append_log, session, settings, agent, job_id, index, lease_id, offset, chunk
-    )
+
+    def append() -> LogAppended:
+        job = service.check_lease(session, agent, job_id, lease_id)
+        return service.append_log(session, settings, job, index, offset, chunk)
+
+    return await run_in_threadpool(append)
 
 
 @router.post("/agent/jobs/{job_id}/steps/{index}")
@@ -334,17 +319,7 @@ def end_step(
     """The last of a step's log and its end report in one transaction (see `StepEnd`):
     409 `log_gap` (nothing applied) when the tail's offset is past what the server holds."""
     job = service.check_lease(session, agent, job_id, lease_id)
-    step = service.step_for(session, job, index)
-    body_bytes = logs_service.decode_step_end_log(body)
-    if body_bytes:
-        chunk = logs_service.decode_chunk(body.log_media_type, body_bytes)
-        appended = _append_log(
-            session, settings, agent, job_id, index, lease_id, body.log_offset, chunk
-        )
-    else:
-        appended = LogAppended(size=step.log_byte_size, lines=step.log_line_count)
-    service.report_step(session, job, index, body.report)
-    return appended
+    return service.end_step(session, settings, job, index, body)
 
 
 @router.post("/agent/jobs/{job_id}/finish")

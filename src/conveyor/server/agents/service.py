@@ -46,6 +46,9 @@ from conveyor.protocol.agents import (
     HeartbeatResponse,
     JobReport,
     JobSpec,
+    LogAppended,
+    LogChunk,
+    StepEnd,
     StepReport,
 )
 from conveyor.protocol.status import Status
@@ -60,6 +63,7 @@ from conveyor.server.errors import (
     NotFoundError,
     PermissionDeniedError,
 )
+from conveyor.server.logs import service as logs_service
 from conveyor.server.models.agent import Agent
 from conveyor.server.models.job import Job
 from conveyor.server.models.project import Project
@@ -719,6 +723,34 @@ def step_for(session: Session, job: Job, index: int) -> Step:
             detail={"job_id": job.id, "index": index},
         )
     return step
+
+
+def append_log(
+    session: Session, settings: Settings, job: Job, index: int, offset: int, chunk: LogChunk
+) -> LogAppended:
+    """Append a batch of step `index`'s log at byte `offset` (masked again with the
+    project's secrets); `logs.service.append` says what a duplicate or a gap gets."""
+    step = step_for(session, job, index)
+    secrets = project_secrets(session, settings, job_project(session, job))
+    return logs_service.append(
+        session, settings, step, offset, chunk.data, secrets, logs_service.times_of(chunk)
+    )
+
+
+def end_step(
+    session: Session, settings: Settings, job: Job, index: int, end: StepEnd
+) -> LogAppended:
+    """A step's log tail and its end report (see `StepEnd`): on a gap the append
+    raises before the report, and the caller's rollback leaves nothing applied."""
+    body = logs_service.decode_step_end_log(end)
+    if body:
+        chunk = logs_service.decode_chunk(end.log_media_type, body)
+        appended = append_log(session, settings, job, index, end.log_offset, chunk)
+    else:
+        step = step_for(session, job, index)
+        appended = LogAppended(size=step.log_byte_size, lines=step.log_line_count)
+    report_step(session, job, index, end.report)
+    return appended
 
 
 def report_step(session: Session, job: Job, index: int, report: StepReport) -> None:

@@ -42,8 +42,11 @@ from sqlalchemy.orm import Session, SessionTransaction
 from conveyor.agent.checkout import MirrorCache
 from conveyor.server.artifacts.service import UPLOADS_DIRECTORY
 from conveyor.server.config import Settings
+
+# The module, not its `open_logs`: logs.service imports (through secrets and projects)
+# this module, so its names are looked up when used, not when imported.
+from conveyor.server.logs import service as logs_service
 from conveyor.server.logs.paths import step_log_path
-from conveyor.server.logs.service import open_logs
 from conveyor.server.models.project import Project
 from conveyor.server.projects.repository import ProjectRepository
 
@@ -135,7 +138,7 @@ def remove(files: ProjectFiles) -> Removal:
     removed is logged and listed in `Removal.problems`."""
     removal = Removal()
     for path in files.step_logs:
-        open_logs.close(path)
+        logs_service.open_logs.close(path)
     for run_id in files.run_ids:
         _remove_entry(files.logs_root, str(run_id), removal)
     _remove_entry(files.artifacts_root, files.project, removal)
