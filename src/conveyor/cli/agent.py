@@ -50,8 +50,9 @@ def agent_command(
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     # httpx logs every request at INFO: claims, heartbeats and log batches, many a second.
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    if os.environ.get(EXIT_WITH_PARENT_ENV) == "1":
-        _exit_with_parent()
+    parent = os.environ.get(EXIT_WITH_PARENT_ENV, "")
+    if parent.isdigit():
+        _exit_with_parent(int(parent))
     try:
         chosen = create_backend(backend or default_backend_name())
     except BackendError as exc:
@@ -72,19 +73,18 @@ def agent_command(
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
-def _exit_with_parent() -> None:
-    """Ask the kernel for SIGTERM when the process that started this one dies (the
-    server, for its embedded agent), so that a killed server leaves no agent behind."""
-    if not sys.platform.startswith("linux"):
-        return
-    parent = os.getppid()
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
-        logging.getLogger("conveyor.agent").warning(
-            "cannot ask to stop with the server (prctl errno %d)", ctypes.get_errno()
-        )
-    elif os.getppid() != parent:
-        raise SystemExit(0)  # the parent died before the request took effect
+def _exit_with_parent(parent: int) -> None:
+    """Ask the kernel for SIGTERM when `parent` (the server, for its embedded agent)
+    dies, so that a killed server leaves no agent behind. A server that died before
+    this point is seen too: the agent's parent is then no longer `parent`."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+            logging.getLogger("conveyor.agent").warning(
+                "cannot ask to stop with the server (prctl errno %d)", ctypes.get_errno()
+            )
+    if os.getppid() != parent:
+        raise SystemExit(0)  # the server is gone already
 
 
 async def _run(agent: Agent) -> None:

@@ -81,7 +81,11 @@ class EmbeddedAgentProcess:
 
     def __init__(self, command: list[str], token: str) -> None:
         self.command = command
-        self.env = {**os.environ, "CONVEYOR_AGENT_TOKEN": token, EXIT_WITH_PARENT_ENV: "1"}
+        self.env = {
+            **os.environ,
+            "CONVEYOR_AGENT_TOKEN": token,
+            EXIT_WITH_PARENT_ENV: str(os.getpid()),
+        }
         self.process: asyncio.subprocess.Process | None = None
         self.starts = 0
         self._stopping = asyncio.Event()

@@ -1,0 +1,52 @@
+"""The access log of `conveyor server`: no tokens in it, and no agent chatter."""
+
+from __future__ import annotations
+
+import logging
+
+from conveyor.server.serving import AccessLogFilter, redact_query
+
+
+def access_record(path: str, status: int) -> logging.LogRecord:
+    # uvicorn.access's arguments: client, method, path with query, HTTP version, status.
+    return logging.LogRecord(
+        "uvicorn.access",
+        logging.INFO,
+        __file__,
+        1,
+        '%s - "%s %s HTTP/%s" %d',
+        ("127.0.0.1:5000", "GET", path, "1.1", status),
+        None,
+    )
+
+
+class TestAccessLogFilter:
+    def test_token_values_in_a_query_are_hidden(self) -> None:
+        record = access_record("/api/v1/runs/3/logs/ws?job=4&token=cvy_abc_SECRET", 200)
+        assert AccessLogFilter().filter(record)
+        line = record.getMessage()
+        assert "SECRET" not in line and "token=[hidden]" in line and "job=4" in line
+
+    def test_websocket_lines_are_redacted_too(self) -> None:
+        # uvicorn.error's WebSocket line: client and path with query.
+        record = logging.LogRecord(
+            "uvicorn.error",
+            logging.INFO,
+            __file__,
+            1,
+            '%s - "WebSocket %s" [accepted]',
+            ("127.0.0.1:5000", "/jobs/4/ws?access_token=SECRET"),
+            None,
+        )
+        assert AccessLogFilter().filter(record)
+        assert "SECRET" not in record.getMessage()
+
+    def test_successful_agent_protocol_calls_are_left_out_and_failures_kept(self) -> None:
+        keep = AccessLogFilter()
+        assert not keep.filter(access_record("/api/v1/agent/claim", 200))
+        assert keep.filter(access_record("/api/v1/agent/jobs/1/finish", 409))
+        assert keep.filter(access_record("/api/v1/agents", 200))
+
+    def test_redaction_leaves_other_parameters_alone(self) -> None:
+        assert redact_query("/x?tokens=1&mytoken=2") == "/x?tokens=1&mytoken=2"
+        assert redact_query("/x?Token=a&b=c") == "/x?Token=[hidden]&b=c"
