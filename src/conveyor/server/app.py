@@ -171,10 +171,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.engine = engine
     # Sessions that may write start as writers (SQLite: BEGIN IMMEDIATE, waiting for the
     # lock instead of failing a read-then-write on a stale snapshot); sessions that only
-    # read (GET requests, log streams) use the plain engine and never wait.
+    # read (GET requests, log streams) never wait, and on SQLite cannot write at all.
     write_engine = engine.execution_options(**dialect.write_transaction_options(engine))
     app.state.session_factory = create_session_factory(write_engine)
-    app.state.read_session_factory = create_session_factory(engine)
+    app.state.read_session_factory = create_session_factory(
+        engine.execution_options(**dialect.read_transaction_options(engine))
+    )
     app.state.event_bus = events.EventBus()
     app.state.stopping = asyncio.Event()  # set when a stop begins (conveyor.server.serving)
     events.install(app.state.session_factory, app.state.event_bus)

@@ -65,6 +65,21 @@ def get_db_session(request: Request) -> Iterator[Session]:
         _record_token_use_aside(state.session_factory, *token_use)
 
 
+def get_writer_session(request: Request) -> Iterator[Session]:
+    """A writer session whatever the method, for the few reads that may write (the
+    webhook settings make the secret the first time they are shown). On SQLite a plain
+    read transaction that later writes fails at once when another writer is busy;
+    this one waits its turn from the start. Committed when the route returns."""
+    factory: sessionmaker[Session] = request.app.state.session_factory
+    with factory() as session:
+        try:
+            yield session
+        except BaseException:
+            session.rollback()
+            raise
+        session.commit()
+
+
 def _record_token_use_aside(factory: sessionmaker[Session], token_id: int, at: datetime) -> None:
     """A read's token use, in a short write transaction of its own; if the database
     is busy past its timeout the use is dropped (the next request notes it again)."""
@@ -77,6 +92,7 @@ def _record_token_use_aside(factory: sessionmaker[Session], token_id: int, at: d
 
 AppSettings = Annotated[Settings, Depends(get_settings)]
 DbSession = Annotated[Session, Depends(get_db_session, scope="function")]
+WriterDbSession = Annotated[Session, Depends(get_writer_session, scope="function")]
 Signer = Annotated[SessionSigner, Depends(get_session_signer)]
 
 

@@ -4,7 +4,7 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from sqlalchemy import select, text
-from sqlalchemy.exc import IntegrityError, StatementError
+from sqlalchemy.exc import IntegrityError, OperationalError, StatementError
 from sqlalchemy.orm import Session
 
 from conveyor.protocol.status import Status
@@ -121,6 +121,27 @@ class TestSqlitePragmas:
                     connection.exec_driver_sql("PRAGMA busy_timeout").scalar()
                     == dialect.SQLITE_BUSY_TIMEOUT_MS
                 )
+        finally:
+            engine.dispose()
+
+    def test_a_read_session_cannot_write_and_a_pooled_connection_writes_again_after(
+        self, tmp_path: object
+    ) -> None:
+        engine = create_database_engine(f"sqlite:///{tmp_path}/reads.db")
+        try:
+            with engine.begin() as connection:
+                connection.exec_driver_sql("CREATE TABLE t (x INTEGER)")
+            reader = engine.execution_options(**dialect.read_transaction_options(engine))
+            with reader.connect() as connection, connection.begin():
+                assert connection.exec_driver_sql("SELECT count(*) FROM t").scalar() == 0
+                with pytest.raises(OperationalError, match="readonly database"):
+                    connection.exec_driver_sql("INSERT INTO t VALUES (1)")
+            # The same pooled connection, now for a writer: the setting does not stick.
+            writer = engine.execution_options(**dialect.write_transaction_options(engine))
+            with writer.begin() as connection:
+                connection.exec_driver_sql("INSERT INTO t VALUES (1)")
+            with engine.connect() as connection:
+                assert connection.exec_driver_sql("SELECT count(*) FROM t").scalar() == 1
         finally:
             engine.dispose()
 

@@ -26,6 +26,7 @@ from conveyor.server.errors import InvalidInputError
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 _SQLITE_BEGIN_OPTION = "conveyor_sqlite_begin"
 _SQLITE_WRITER_TURN = "conveyor_sqlite_writer_turn"
+_SQLITE_READ_ONLY = "conveyor_sqlite_read_only"
 
 
 class DatabaseKind(StrEnum):
@@ -116,7 +117,12 @@ def install_connection_hooks(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _begin_sqlite(connection: Any) -> None:
-        mode = connection.get_execution_options().get(_SQLITE_BEGIN_OPTION, "")
+        options = connection.get_execution_options()
+        read_only = bool(options.get(_SQLITE_READ_ONLY))
+        if connection.info.get(_SQLITE_READ_ONLY, False) is not read_only:
+            connection.exec_driver_sql(f"PRAGMA query_only={int(read_only)}")
+            connection.info[_SQLITE_READ_ONLY] = read_only
+        mode = options.get(_SQLITE_BEGIN_OPTION, "")
         if mode == "IMMEDIATE":
             take_turn(connection)
         try:
@@ -149,6 +155,18 @@ def write_transaction_options(engine: Engine) -> dict[str, Any]:
     PostgreSQL needs nothing here: it locks rows (`lock_for_claim`)."""
     if engine.dialect.name == DatabaseKind.SQLITE:
         return {_SQLITE_BEGIN_OPTION: "IMMEDIATE"}
+    return {}
+
+
+def read_transaction_options(engine: Engine) -> dict[str, Any]:
+    """Execution options for sessions that must only read (GET requests, log streams).
+    On SQLite their transactions are `query_only`: a write fails at once, every time,
+    with "attempt to write a readonly database". Without it such a write would work
+    while the database is quiet and fail with "database is locked" when another writer
+    is busy (a read transaction cannot wait to become a writer), a failure tests meet
+    only by chance. A read that may write takes a writer session instead."""
+    if engine.dialect.name == DatabaseKind.SQLITE:
+        return {_SQLITE_READ_ONLY: True}
     return {}
 
 

@@ -23,6 +23,7 @@ from conveyor.server.deps import (
     DbSession,
     RequestActor,
     Signer,
+    WriterDbSession,
     remote_address,
 )
 from conveyor.server.errors import (
@@ -324,8 +325,13 @@ def trigger_run(
 
 @router.get("/ui/projects/{name}/settings")
 def project_settings_page(
-    request: Request, name: str, actor: PageActor, session: DbSession, settings: AppSettings
+    request: Request,
+    name: str,
+    actor: PageActor,
+    session: WriterDbSession,
+    settings: AppSettings,
 ) -> Response:
+    # A writer session: showing the webhook settings makes the secret the first time.
     project = projects_service.get_project_for(session, actor, name, Action.MANAGE)
     webhook = webhooks_service.describe_settings(
         session, settings, actor, project.name, _base_url(request)

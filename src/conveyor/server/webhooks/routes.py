@@ -7,7 +7,6 @@ runs in a worker thread, and the run is made after the answer is sent.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -17,7 +16,14 @@ from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
 from conveyor.server.config import Settings
-from conveyor.server.deps import AppSettings, CurrentActor, DbSession, Signer, resolve_actor
+from conveyor.server.deps import (
+    AppSettings,
+    CurrentActor,
+    DbSession,
+    Signer,
+    WriterDbSession,
+    resolve_actor,
+)
 from conveyor.server.deps import require_signed_in as _require_signed_in
 from conveyor.server.errors import ConveyorError, NotFoundError
 from conveyor.server.users.authorization import Actor
@@ -131,24 +137,8 @@ async def receive_from(provider: str, project: str, request: Request) -> JSONRes
 # --- maintainers --------------------------------------------------------------------------
 
 
-def writer_session(request: Request) -> Iterator[Session]:
-    """A writer session even for GET: reading the webhook settings may create the
-    secret. Committed when the route returns."""
-    factory: sessionmaker[Session] = request.app.state.session_factory
-    with factory() as session:
-        try:
-            yield session
-        except BaseException:
-            session.rollback()
-            raise
-        session.commit()
-
-
-WriterSession = Annotated[Session, Depends(writer_session, scope="function")]
-
-
 def writer_actor(
-    request: Request, session: WriterSession, settings: AppSettings, signer: Signer
+    request: Request, session: WriterDbSession, settings: AppSettings, signer: Signer
 ) -> Actor:
     return _require_signed_in(resolve_actor(request, session, settings, signer))
 
@@ -162,7 +152,7 @@ def _base_url(request: Request, settings: Settings) -> str:
 
 @api_router.get("/projects/{name}/webhook", response_model=WebhookSettings)
 def read_webhook(
-    name: str, request: Request, session: WriterSession, actor: WriterActor, settings: AppSettings
+    name: str, request: Request, session: WriterDbSession, actor: WriterActor, settings: AppSettings
 ) -> WebhookSettings:
     """The webhook URL, secret and rules (maintainers); the secret is made on first read."""
     return service.describe_settings(session, settings, actor, name, _base_url(request, settings))
