@@ -8,17 +8,19 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from conveyor.agent import loop as agent_loop
 from conveyor.agent.backends.registry import create_backend
 from conveyor.agent.client import AgentClient
 from conveyor.agent.engine import StepResult
-from conveyor.agent.loop import Agent, AgentSettings, ServerSink
+from conveyor.agent.loop import Agent, AgentSettings, ServerSink, finish_job
 from conveyor.logstore import read_line_times
 from conveyor.pipeline.plan import JobPlan, StepPlan
-from conveyor.protocol.agents import JobSpec
+from conveyor.protocol.agents import JobReport, JobSpec
 from conveyor.protocol.status import Status
 from conveyor.server.app import create_app
 from conveyor.server.config import Settings
@@ -61,8 +63,14 @@ def _run_until(agent: Agent, done: Callable[[], bool], limit: float = 30.0) -> N
 
 class TestAgentLoop:
     def test_one_step_job_runs_end_to_end_with_log_stored_byte_identical(
-        self, running_server: tuple[str, Settings], make_repo: Callable[..., Repo], tmp_path: Path
+        self,
+        running_server: tuple[str, Settings],
+        make_repo: Callable[..., Repo],
+        tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch,
     ) -> None:
+        # However slow this machine, the step's end must still be held at the finish.
+        monkeypatch.setattr(agent_loop, "STEP_END_HOLD", 10.0)
         base_url, settings = running_server
         repo = make_repo({"README": "hello\n"})
         factory = create_app(settings).state.session_factory  # same database, own engine
@@ -89,7 +97,16 @@ class TestAgentLoop:
             ),
             create_backend("local"),
         )
+        calls: list[str] = []
+
+        async def note(request: httpx.Request) -> None:
+            calls.append(f"{request.method} {request.url.path.removeprefix('/api/v1/agent')}")
+
+        agent.client._http.event_hooks["request"].append(note)
         _run_until(agent, finished)
+        # The step's end (its log tail and report) went with the job's finish report.
+        assert f"POST /jobs/{job_id}/steps/0/end" not in calls
+        assert calls.count(f"POST /jobs/{job_id}/finish") == 1
         with factory() as session:
             stored = session.get(Job, job_id)
             assert stored is not None
@@ -182,6 +199,8 @@ class TestServerSinkLineTimes:
                 result.status, result.finished_at = Status.SUCCESS, time.time()
                 await sink.step_finished(result)
                 await sink.close()
+                await finish_job(client, spec, JobReport(status=Status.SUCCESS), sink)
+                sink.discard()
                 await client.close()
                 assert result.started_at is not None
                 return spec, result.started_at, restored_at
@@ -220,16 +239,65 @@ class TestServerSinkLineTimes:
             result.status, result.finished_at = Status.SUCCESS, time.time()
             await sink.step_finished(result)
             await sink.close()
+            await finish_job(client, spec, JobReport(status=Status.SUCCESS), sink)
+            sink.discard()
             await client.close()
             return spec
 
         spec = asyncio.run(run_step())
         data, times = self._stored(settings, spec)
         assert data == first + second
+        factory = create_app(settings).state.session_factory
+        with factory() as session:
+            step = _only_step(session, spec.job_id)
+            assert step.status is Status.SUCCESS
+            stored_job = session.get(Job, spec.job_id)
+            assert stored_job is not None and stored_job.status is Status.SUCCESS
         assert len(times) == 14_000
         first_times, second_times = set(times[:7_000]), set(times[7_000:])
         assert len(first_times) == len(second_times) == 1  # each read at one moment
         assert 250 <= min(second_times) - max(first_times) <= 1_000
+
+    def test_a_gap_met_by_the_finish_report_resends_the_log_then_reports(
+        self, running_server: tuple[str, Settings], tmp_path: Path
+    ) -> None:
+        base_url, settings = running_server
+        token = self._agent_token(settings)
+        first = b"".join(b"first %05d\n" % i for i in range(7_000))  # past LOG_BATCH_BYTES
+        tail = b"the last line\n"
+
+        async def run_step() -> JobSpec:
+            client, spec = await self._claim(base_url, token)
+            server_log = step_log_path(settings.data_dir, spec.run_id, spec.job_id, 0)
+            sink = ServerSink(client, spec, tmp_path / "spool")
+            result = StepResult(0, "say", Status.RUNNING, started_at=time.time())
+            await sink.step_started(result, spec.plan.steps[0])
+            await sink.step_output(result, first)  # a full batch: sent at once
+            assert server_log.stat().st_size == len(first)
+            for lost in server_log.parent.iterdir():
+                lost.unlink()
+            await sink.step_output(result, tail)
+            result.status, result.exit_code = Status.SUCCESS, 0
+            result.finished_at = time.time()
+            await sink.step_finished(result)
+            await sink.close()
+            # The tail is held for the finish report, which the gap refuses as a
+            # whole: the log goes again from the server's size, then both reports.
+            final = sink.final_step_end
+            assert final is not None and final.log_offset == len(first) and final.log
+            await finish_job(client, spec, JobReport(status=Status.SUCCESS), sink)
+            sink.discard()
+            await client.close()
+            return spec
+
+        spec = asyncio.run(run_step())
+        data, _ = self._stored(settings, spec)
+        assert data == first + tail
+        with create_app(settings).state.session_factory() as session:
+            step = _only_step(session, spec.job_id)
+            assert (step.status, step.exit_code) == (Status.SUCCESS, 0)
+            stored_job = session.get(Job, spec.job_id)
+            assert stored_job is not None and stored_job.status is Status.SUCCESS
 
 
 def _only_step(session: Session, job_id: int) -> Step:

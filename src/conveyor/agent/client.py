@@ -91,6 +91,9 @@ class AgentClient:
         self.ends_steps_with_log = True
         """Whether to send a step's log tail with its end report (`end_step`); off once
         the server turns out not to know that call."""
+        self.finishes_with_step_end = True
+        """Whether a finish report may carry the end of the job's last step; off once
+        the server turns out not to know that field."""
         self._http = httpx.AsyncClient(
             base_url=server_url.rstrip("/") + "/api/v1/agent",
             headers={"Authorization": f"Bearer {token}"},
@@ -114,7 +117,7 @@ class AgentClient:
         method: str,
         path: str,
         *,
-        json: BaseModel | None = None,
+        json: BaseModel | dict[str, Any] | None = None,
         content: bytes | None = None,
         params: dict[str, Any] | None = None,
         lease_id: str | None = None,
@@ -125,7 +128,7 @@ class AgentClient:
         headers = {LEASE_HEADER: lease_id} if lease_id else {}
         if content is not None:
             headers["Content-Type"] = content_type
-        body = json.model_dump(mode="json") if json is not None else None
+        body = json.model_dump(mode="json") if isinstance(json, BaseModel) else json
         timeout = (
             httpx.Timeout(self.timeout, read=read_timeout, connect=CONNECT_TIMEOUT)
             if read_timeout
@@ -198,10 +201,7 @@ class AgentClient:
             lease_id=lease_id,
             content_type=media_type,
         )
-        if response.status_code == 409:
-            detail = _error_detail(response)
-            if isinstance(detail, dict) and isinstance(detail.get("size"), int):
-                raise LogGap(detail["size"])
+        _raise_log_gap(response)
         return await self._model(LogAppended, response)
 
     async def end_step(
@@ -226,10 +226,7 @@ class AgentClient:
             # Not our error shape: the route itself is unknown (a server before it).
             self.ends_steps_with_log = False
             raise EndpointMissingError(response.request.url.path)
-        if response.status_code == 409:
-            detail = _error_detail(response)
-            if isinstance(detail, dict) and isinstance(detail.get("size"), int):
-                raise LogGap(detail["size"])
+        _raise_log_gap(response)
         return await self._model(LogAppended, response)
 
     async def report_step(self, job_id: int, lease_id: str, index: int, report: StepReport) -> None:
@@ -240,9 +237,18 @@ class AgentClient:
             raise ServerRefusedError(response)
 
     async def finish(self, job_id: int, lease_id: str, report: JobReport) -> None:
-        response = await self._call(
-            "POST", f"/jobs/{job_id}/finish", json=report, lease_id=lease_id
-        )
+        """The job's final report. With `report.step_end`, raises `LogGap` as `end_step`
+        does, and `EndpointMissingError` when the server is older than that field
+        (nothing was applied in either case)."""
+        # Without a step end, the field is left out: a server before it refuses it.
+        body = report.model_dump(mode="json", exclude=None if report.step_end else {"step_end"})
+        response = await self._call("POST", f"/jobs/{job_id}/finish", json=body, lease_id=lease_id)
+        if report.step_end is not None:
+            if response.status_code == 422 and "step_end" in response.text:
+                # A server before the field: its model forbids fields it does not know.
+                self.finishes_with_step_end = False
+                raise EndpointMissingError("step_end in a finish report")
+            _raise_log_gap(response)
         if response.status_code >= 400:
             raise ServerRefusedError(response)
 
@@ -282,6 +288,14 @@ def _has_error_shape(response: httpx.Response) -> bool:
     except ValueError:
         return False
     return isinstance(body, dict) and isinstance(body.get("error"), dict)
+
+
+def _raise_log_gap(response: httpx.Response) -> None:
+    """`LogGap` when the server answered that it holds fewer bytes than were sent at."""
+    if response.status_code == 409:
+        detail = _error_detail(response)
+        if isinstance(detail, dict) and isinstance(detail.get("size"), int):
+            raise LogGap(detail["size"])
 
 
 def _error_detail(response: httpx.Response) -> Any:

@@ -32,11 +32,13 @@ from conveyor.agent.engine import JobRunner, RunFacts, StepResult
 from conveyor.pipeline.plan import ArchiveFormat, StepPlan
 from conveyor.protocol.agents import (
     AgentInfo,
+    FinalStepEnd,
     Heartbeat,
     JobReport,
     JobSpec,
     LogChunk,
     RunningJob,
+    StepEnd,
     StepReport,
     UploadStart,
 )
@@ -52,6 +54,9 @@ STEP_START_REPORT_DELAY = LOG_FLUSH_SECONDS
 """A step's start is reported this long after it started, and not at all when the step
 has ended by then: its end report carries the start too, so a short step costs one
 report instead of two."""
+STEP_END_HOLD = 0.2
+"""The end of a step is held back this long at most: when the job ends meanwhile, it
+goes with the job's finish report (see `ServerSink`)."""
 LOG_REQUEST_BYTES = 1024 * 1024
 UPLOAD_CHUNK_BYTES = 1024 * 1024
 CLAIM_WAIT_SECONDS = 30.0
@@ -142,7 +147,11 @@ class ServerSink:
     `STEP_START_REPORT_DELAY`, or only with the end of a shorter step), and the end of a
     step (its last log bytes, then its report) is sent while the next one starts or the
     backend cleans up. `close()` waits for all of it and raises the first failure,
-    before the job's own report."""
+    before the job's own report.
+
+    The end of the step that ended last is held back for up to `STEP_END_HOLD`: when
+    no step starts meanwhile it was the job's last, and it goes with the job's finish
+    report (`final_step_end`, `Agent._finish`), one request instead of two."""
 
     def __init__(self, client: AgentClient, spec: JobSpec, spool_dir: Path) -> None:
         self.client = client
@@ -154,6 +163,11 @@ class ServerSink:
         self._flusher: asyncio.Task[None] | None = None
         self._reports: asyncio.Task[None] | None = None
         self._unreported_starts: dict[int, asyncio.TimerHandle] = {}
+        self._held_end: tuple[int, StepReport] | None = None
+        self._held_end_timer: asyncio.TimerHandle | None = None
+        self.final_step_end: FinalStepEnd | None = None
+        """After `close()`: the end of the job's last step, for the finish report to
+        carry; `send_final_step_end()` sends it apart when that cannot be."""
         self.on_failure: Callable[[], None] | None = None
         """Called once when a report fails, so that the job stops instead of running on
         for a server that no longer takes its reports."""
@@ -164,6 +178,7 @@ class ServerSink:
         return self._logs[index]
 
     async def step_started(self, result: StepResult, step: StepPlan) -> None:
+        self._release_held_end()  # the step that ended before this one was not the last
         if self._flusher is None:
             self._flusher = asyncio.create_task(self._flush_periodically())
         report = functools.partial(self._report, result.index, self._step_report(result))
@@ -188,16 +203,34 @@ class ServerSink:
         if unreported_start is not None:
             unreported_start.cancel()  # the end report says when it started
         report = self._step_report(result)
-        log = self._logs.get(result.index)
+        self._release_held_end()
+        if not self.client.finishes_with_step_end:
+            self._in_order(functools.partial(self._send_end, result.index, report))
+            return
+        self._held_end = (result.index, report)
+        self._held_end_timer = asyncio.get_running_loop().call_later(
+            STEP_END_HOLD, self._release_held_end
+        )
 
-        async def send_log_and_report() -> None:
-            if await self._end_in_one_call(log, result.index, report):
-                return
-            if log is not None:
-                await self._send(log, result.index)
-            await self._report(result.index, report)
+    def _release_held_end(self) -> None:
+        """Send the held step end now (behind what was queued before it)."""
+        if self._held_end_timer is not None:
+            self._held_end_timer.cancel()
+            self._held_end_timer = None
+        if self._held_end is not None:
+            index, report = self._held_end
+            self._held_end = None
+            self._in_order(functools.partial(self._send_end, index, report))
 
-        self._in_order(send_log_and_report)
+    async def _send_end(self, index: int, report: StepReport) -> None:
+        """A step's log tail and its end report: in one request when the server takes
+        it, else the log, then the report."""
+        log = self._logs.get(index)
+        if await self._end_in_one_call(log, index, report):
+            return
+        if log is not None:
+            await self._send(log, index)
+        await self._report(index, report)
 
     async def _end_in_one_call(self, log: _StepLog | None, index: int, report: StepReport) -> bool:
         """Send the step's log tail (when small) with its end report in one request;
@@ -226,9 +259,15 @@ class ServerSink:
             return True
 
     async def close(self) -> None:
+        """Wait for every report and log queued (raising the first failure), and set
+        `final_step_end` when the last step's end is still held. The spooled logs stay
+        open until `discard()`."""
         for unreported_start in self._unreported_starts.values():
             unreported_start.cancel()
         self._unreported_starts.clear()
+        if self._held_end_timer is not None:
+            self._held_end_timer.cancel()
+            self._held_end_timer = None
         try:
             if self._reports is not None:
                 await self._reports
@@ -237,10 +276,44 @@ class ServerSink:
                 self._flusher.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._flusher
+            held = None if self._held_end is None else self._held_end[0]
             for index, log in self._logs.items():
-                with contextlib.suppress(ServerRefusedError, httpx.HTTPError):
-                    await self._send(log, index)
-                log.handle.close()
+                if index != held:
+                    with contextlib.suppress(ServerRefusedError, httpx.HTTPError):
+                        await self._send(log, index)
+        self.final_step_end = self._final_step_end()
+
+    def _final_step_end(self) -> FinalStepEnd | None:
+        if self._held_end is None:
+            return None
+        index, report = self._held_end
+        log = self._logs.get(index)
+        start = 0 if log is None else log.acknowledged
+        unsent = 0 if log is None else log.written - start
+        if unsent > LOG_BATCH_BYTES:
+            return None  # too long for one request: `send_final_step_end` sends it
+        chunk = None if log is None or not unsent else log.chunk(start, start + unsent)
+        return FinalStepEnd.of_step(index, StepEnd.of(report, start, chunk))
+
+    async def send_final_step_end(self, gap: int | None = None) -> None:
+        """Send the held end of the last step apart (its log from `gap` when the server
+        named one), for a finish report that will not carry it."""
+        if self._held_end is None:
+            return
+        index, report = self._held_end
+        self._held_end = None
+        self.final_step_end = None
+        log = self._logs.get(index)
+        if log is not None and gap is not None:
+            log.acknowledged = min(gap, log.written)
+        if log is not None:
+            await self._send(log, index)
+        await self._report(index, report)
+
+    def discard(self) -> None:
+        """Close the spooled logs (after the job's finish report)."""
+        for log in self._logs.values():
+            log.handle.close()
 
     def _in_order(self, send: Callable[[], Awaitable[None]]) -> None:
         """Send after everything queued before; a failure skips what follows it."""
@@ -296,6 +369,29 @@ class ServerSink:
                     log.acknowledged = min(gap.size, log.written)
                     continue
                 log.acknowledged = min(max(appended.size, log.acknowledged), log.written)
+
+
+async def finish_job(
+    client: AgentClient, spec: JobSpec, report: JobReport, sink: ServerSink | None
+) -> None:
+    """The job's final report, carrying the end of its last step when `sink` still
+    holds it; that end is sent apart first when the server cannot take it so (a gap in
+    the step's log, a server before `JobReport.step_end`)."""
+    final = None if sink is None else sink.final_step_end
+    gap: int | None = None
+    if final is not None:
+        try:
+            await client.finish(
+                spec.job_id, spec.lease_id, report.model_copy(update={"step_end": final})
+            )
+            return
+        except LogGap as refused:
+            gap = refused.size
+        except EndpointMissingError:
+            pass
+    if sink is not None:
+        await sink.send_final_step_end(gap)
+    await client.finish(spec.job_id, spec.lease_id, report)
 
 
 class Agent:
@@ -455,9 +551,12 @@ class Agent:
 
     async def _run_job(self, spec: JobSpec) -> None:
         root = self.settings.work_dir / f"job-{spec.job_id}-{spec.attempt}"
+        sink: ServerSink | None = None
         try:
-            report, artifacts = await self._execute(spec, root)
+            report, artifacts, sink = await self._execute(spec, root)
             if report.status in (Status.SUCCESS, Status.WARNING) and artifacts:
+                if sink is not None:
+                    await sink.send_final_step_end()  # shown ended while uploading
                 failure = await self._upload_all(spec, artifacts)
                 if failure is not None:
                     report = JobReport(
@@ -466,7 +565,7 @@ class Agent:
                         started_at=report.started_at,
                         finished_at=report.finished_at,
                     )
-            await self.client.finish(spec.job_id, spec.lease_id, report)
+            await finish_job(self.client, spec, report, sink)
         except ServerRefusedError as exc:
             # 403/404/409: the job is no longer ours (requeued, deleted); nothing to report.
             logger.warning("job %s: the server refused a report: %s", spec.job_id, exc)
@@ -479,10 +578,14 @@ class Agent:
                     JobReport(status=Status.ERROR, message="the agent failed; see its log"),
                 )
         finally:
+            if sink is not None:
+                sink.discard()
             if spec.plan.cleanup.remove_workspace:
                 await asyncio.to_thread(shutil.rmtree, root, True)
 
-    async def _execute(self, spec: JobSpec, root: Path) -> tuple[JobReport, list[Artifact]]:
+    async def _execute(
+        self, spec: JobSpec, root: Path
+    ) -> tuple[JobReport, list[Artifact], ServerSink | None]:
         started = datetime.now(UTC)
         workspace = root / "src"
         try:
@@ -490,12 +593,16 @@ class Agent:
                 self.mirrors.checkout, spec.repo_url, spec.commit.sha, workspace
             )
         except CheckoutError as exc:
-            return JobReport(
-                status=Status.ERROR,
-                message=f"checkout failed: {exc}",
-                started_at=started,
-                finished_at=datetime.now(UTC),
-            ), []
+            return (
+                JobReport(
+                    status=Status.ERROR,
+                    message=f"checkout failed: {exc}",
+                    started_at=started,
+                    finished_at=datetime.now(UTC),
+                ),
+                [],
+                None,
+            )
         sink = ServerSink(self.client, spec, root / "logs")
         runner = JobRunner(
             backend=self.backend,
@@ -527,15 +634,20 @@ class Agent:
         if spec.lease_id in self._cancelled:
             runner.cancel("server")
         try:
-            result = await runner.run()
-        finally:
-            await sink.close()
-        return JobReport(
+            try:
+                result = await runner.run()
+            finally:
+                await sink.close()
+        except BaseException:
+            sink.discard()
+            raise
+        report = JobReport(
             status=result.status,
             message=result.message,
             started_at=_timestamp(result.started_at),
             finished_at=_timestamp(result.finished_at),
-        ), result.artifacts
+        )
+        return report, result.artifacts, sink
 
     async def _upload_all(self, spec: JobSpec, artifacts: list[Artifact]) -> str | None:
         archive = spec.plan.artifacts.archive if spec.plan.artifacts else ArchiveFormat.NONE

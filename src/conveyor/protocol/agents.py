@@ -238,11 +238,27 @@ class StepEnd(_Wire):
             raise InvalidLogChunkError(f"the log of a step end is not base64: {error}") from error
 
 
+class FinalStepEnd(StepEnd):
+    """The end of a job's last step, carried by the job's finish report."""
+
+    index: int = Field(ge=0)
+
+    @classmethod
+    def of_step(cls, index: int, end: StepEnd) -> FinalStepEnd:
+        return cls(index=index, **dict(end))
+
+
 class JobReport(_Wire):
     status: Status
     message: str | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    step_end: FinalStepEnd | None = None
+    """The end of the job's last step when the agent had not sent it yet: applied as
+    `POST .../steps/{index}/end` would apply it, in the finish's transaction (409
+    `log_gap` and nothing applied when its log has a gap). Saves a request per job; a
+    server before this field answers 422 naming it, and the agent then sends the step's
+    end apart."""
 
 
 class UploadStart(_Wire):

@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from conveyor.protocol.agents import LogChunk, StepEnd, StepReport
+from conveyor.protocol.agents import FinalStepEnd, JobReport, LogChunk, StepEnd, StepReport
 from conveyor.protocol.status import Status
 from conveyor.server.agents import service
 from conveyor.server.config import Settings
@@ -405,6 +405,53 @@ class TestStepEnd:
         )
         assert response.status_code == 422, response.text
         assert response.json()["error"]["code"] == "invalid_log_chunk"
+
+
+class TestFinishWithStepEnd:
+    def test_the_last_step_end_and_the_job_status_land_together(
+        self, http: httpx.Client, db_session: Session
+    ) -> None:
+        job, lease, token, _ = _claimed(http, db_session)
+        # Ids repeat on SQLite once the database is emptied, and with them log files:
+        # a gap names what the server holds of this step's log, and the tail goes there.
+        probe = StepEnd.of(StepReport(status=Status.SUCCESS), 10_000, LogChunk(b"x\n"))
+        held = http.post(
+            f"/api/v1/agent/jobs/{job.id}/steps/0/end",
+            json=probe.model_dump(mode="json"),
+            headers=agent_headers(token, lease),
+        ).json()["error"]["detail"]["size"]
+        end = StepEnd.of(StepReport(status=Status.SUCCESS, exit_code=0), held, LogChunk(b"done\n"))
+        report = JobReport(status=Status.SUCCESS, step_end=FinalStepEnd.of_step(0, end))
+        response = http.post(
+            f"/api/v1/agent/jobs/{job.id}/finish",
+            json=report.model_dump(mode="json"),
+            headers=agent_headers(token, lease),
+        )
+        assert response.status_code == 200, response.text
+        stored = _fresh(db_session, job.id)
+        assert stored.status is Status.SUCCESS and stored.lease_id is None
+        step = db_session.scalars(select(Step).where(Step.job_id == job.id)).one()
+        assert (step.status, step.exit_code) == (Status.SUCCESS, 0)
+        logged = http.get(f"/api/v1/steps/{step.id}/log", headers=_admin(db_session))
+        assert logged.json()["lines"][-1] == "done"
+
+    def test_a_gap_in_the_carried_log_is_409_and_the_job_still_runs(
+        self, http: httpx.Client, db_session: Session
+    ) -> None:
+        job, lease, token, _ = _claimed(http, db_session)
+        end = StepEnd.of(StepReport(status=Status.SUCCESS, exit_code=0), 10_000, LogChunk(b"x\n"))
+        report = JobReport(status=Status.SUCCESS, step_end=FinalStepEnd.of_step(0, end))
+        response = http.post(
+            f"/api/v1/agent/jobs/{job.id}/finish",
+            json=report.model_dump(mode="json"),
+            headers=agent_headers(token, lease),
+        )
+        assert response.status_code == 409, response.text
+        assert response.json()["error"]["code"] == "log_gap"
+        stored = _fresh(db_session, job.id)
+        assert stored.status is Status.RUNNING and stored.lease_id == lease
+        step = db_session.scalars(select(Step).where(Step.job_id == job.id)).one()
+        assert step.status is Status.QUEUED
 
 
 def _admin(session: Session) -> dict[str, str]:

@@ -328,10 +328,13 @@ def finish_job(
     body: JobReport,
     agent: CurrentAgent,
     session: AgentSession,
+    settings: AppSettings,
     lease_id: LeaseId = None,
 ) -> dict[str, Any]:
+    """The job's final status, with the end of its last step when the agent had not
+    sent it (see `JobReport.step_end`)."""
     job = service.check_lease(session, agent, job_id, lease_id)
-    service.finish(session, agent, job, body)
+    service.finish(session, settings, agent, job, body)
     return {}
 
 

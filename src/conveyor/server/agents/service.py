@@ -778,14 +778,17 @@ def report_step(session: Session, job: Job, index: int, report: StepReport) -> N
     )
 
 
-def finish(session: Session, agent: Agent, job: Job, report: JobReport) -> None:
+def finish(session: Session, settings: Settings, agent: Agent, job: Job, report: JobReport) -> None:
     """The agent finished the job: its status is recorded, or, if the server already
-    ended it (cancelled), the lease is released and the status stays."""
+    ended it (cancelled), the lease is released and the status stays. The end of its
+    last step, when the report carries it, is applied first (see `end_step`)."""
     if not report.status.finished:
         raise InvalidReportError(
             f"job {job.id} cannot finish as {report.status}; send its final status",
             detail={"status": str(report.status)},
         )
+    if report.step_end is not None:
+        end_step(session, settings, job, report.step_end.index, report.step_end)
     if job.status is Status.RUNNING:
         state.finish_job(session, job, report.status, message=report.message)
     else:

@@ -28,10 +28,15 @@ def queue_once(
     status: Status,
     clock: Clock,
     project_id: int | None = None,
+    read_factory: sessionmaker[Session] | None = None,
 ) -> list[int]:
+    if project_id is not None:
+        # Most projects notify nobody: asked in a read transaction, which (unlike a
+        # writer's) does not wait for the agents' reports to take its turn.
+        with (read_factory or factory)() as session:
+            if not NotificationRepository(session).notifies(project_id):
+                return []
     with factory() as session:
-        if project_id is not None and not NotificationRepository(session).notifies(project_id):
-            return []
         created = service.queue_for_run_status(session, settings, run_id, status, clock())
         if created:
             session.commit()
@@ -44,9 +49,11 @@ async def queue_run_notifications(
     settings: Settings,
     wake: asyncio.Event | None = None,
     clock: Clock = utcnow,
+    read_factory: sessionmaker[Session] | None = None,
 ) -> None:
     """Forever: for each run status event, queue the deliveries it calls for, then wake
-    the sender. (Events are per process: the process that changed the run queues them.)"""
+    the sender. (Events are per process: the process that changed the run queues them.)
+    `read_factory`, when given, makes the sessions of the checks that only read."""
     with bus.subscribe(["runs"]) as subscription:
         async for event in subscription:
             if event.kind == OVERFLOW or "run_id" not in event.data:
@@ -63,6 +70,7 @@ async def queue_run_notifications(
                     status,
                     clock,
                     event.data.get("project_id"),
+                    read_factory,
                 )
             except Exception:
                 logger.exception("queueing notifications for %s failed", event.data)
