@@ -670,6 +670,58 @@ class TestCheckout:
             cache.checkout(repo.url, "main", dest)
 
 
+class TestCheckoutCommit:
+    """`checkout_commit`: the agent's checkout of a sha the server resolved."""
+
+    def test_a_commit_the_mirror_holds_needs_no_fetch(
+        self, make_repo: MakeRepo, cache: MirrorCache, tmp_path: Path
+    ) -> None:
+        repo = make_repo({"a": "1\n"})
+        sha = repo.head()
+        cache.update(repo.url)
+        # The origin is gone: only the mirror can give the commit now.
+        repo.path.rename(tmp_path / "moved-away")
+        cache.checkout_commit(repo.url, sha, tmp_path / "ws")
+        assert git_in(tmp_path / "ws", "rev-parse", "HEAD") == sha
+        assert (tmp_path / "ws" / "a").read_text() == "1\n"
+        assert git_in(tmp_path / "ws", "status", "--porcelain") == ""
+
+    def test_without_a_mirror_it_is_cloned_first(
+        self, make_repo: MakeRepo, cache: MirrorCache, tmp_path: Path
+    ) -> None:
+        repo = make_repo({"a": "1\n"})
+        cache.checkout_commit(repo.url, repo.head(), tmp_path / "ws")
+        assert git_in(tmp_path / "ws", "rev-parse", "HEAD") == repo.head()
+
+    def test_a_commit_pushed_after_the_last_update_is_fetched(
+        self, make_repo: MakeRepo, cache: MirrorCache, tmp_path: Path
+    ) -> None:
+        repo = make_repo({"a": "1\n"})
+        cache.update(repo.url)
+        repo.write("a", "2\n")
+        sha = repo.commit("second")
+        cache.checkout_commit(repo.url, sha, tmp_path / "ws")
+        assert (tmp_path / "ws" / "a").read_text() == "2\n"
+        # Like `checkout`: the workspace's origin/main is the mirror's, now fetched.
+        assert git_in(tmp_path / "ws", "rev-parse", "origin/main") == sha
+
+    def test_a_commit_the_repository_lacks_raises_and_leaves_no_workspace(
+        self, make_repo: MakeRepo, cache: MirrorCache, tmp_path: Path
+    ) -> None:
+        repo = make_repo({"a": "1\n"})
+        cache.update(repo.url)
+        with pytest.raises(CheckoutError, match=f"commit {'f' * 40} is not in"):
+            cache.checkout_commit(repo.url, "f" * 40, tmp_path / "ws")
+        assert not (tmp_path / "ws").exists()
+
+    def test_an_abbreviated_sha_is_refused(
+        self, make_repo: MakeRepo, cache: MirrorCache, tmp_path: Path
+    ) -> None:
+        repo = make_repo({"a": "1\n"})
+        with pytest.raises(CheckoutError, match="not a full commit sha"):
+            cache.checkout_commit(repo.url, repo.head()[:12], tmp_path / "ws")
+
+
 class TestRemoteHeads:
     def test_lists_branches_and_tags_with_commit_shas(
         self, make_repo: MakeRepo, cache: MirrorCache

@@ -848,7 +848,35 @@ class MirrorCache:
         URLs work. `branch` / `tag` in the result are set when `ref` names one.
         """
         commit = self._describe(url, ref, fetch=True)
-        mirror = self._existing_mirror(url)
+        self._make_workspace(url, self._existing_mirror(url), commit.sha, dest)
+        return commit
+
+    def checkout_commit(self, url: str, sha: str, dest: Path) -> None:
+        """Make `dest` a fresh workspace at commit `sha` (full), as `checkout` does, for a
+        commit the server already resolved: the mirror is fetched only when it lacks the
+        commit, and the commit's facts are not read (the agent has them). Two git
+        processes fewer than `checkout` on a warm mirror."""
+        if not _FULL_SHA.match(sha):
+            raise CheckoutError(f"`{sha}` is not a full commit sha: resolve the ref first")
+        mirror = self.mirror_path(url)
+        if not _is_bare_repository(mirror):
+            self.update(url)
+        try:
+            self._make_workspace(url, mirror, sha, dest)
+        except CheckoutError:
+            if self._has_commit(mirror, sha):
+                raise  # not a missing commit: fetching would not help
+            self.update(url)
+            if not self._has_commit(mirror, sha):
+                raise CheckoutError(
+                    f"commit {sha} is not in {redact_credentials(url)}: "
+                    "check the sha, or whether it was force-pushed away"
+                ) from None
+            self._make_workspace(url, mirror, sha, dest)
+
+    def _make_workspace(self, url: str, mirror: Path, sha: str, dest: Path) -> None:
+        """`dest` made anew, sharing `mirror`'s objects, with `sha` checked out detached;
+        nothing is left at `dest` when that fails."""
         created = _prepare_destination(dest)
         try:
             with _locked(self._lock_path(mirror), exclusive=False):
@@ -864,11 +892,10 @@ class MirrorCache:
                 )
             _share_mirror(mirror, dest, _without_credentials(url), listed.stdout)
             _git_checked(
-                ["checkout", "--quiet", "--detach", commit.sha],
+                ["checkout", "--quiet", "--detach", sha],
                 cwd=dest,
-                doing=f"checking out {commit.sha} in {dest}",
+                doing=f"checking out {sha} in {dest}",
             )
-            return commit
         except BaseException:
             _discard_workspace(dest, created)
             raise

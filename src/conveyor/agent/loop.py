@@ -590,7 +590,7 @@ class Agent:
         workspace = root / "src"
         try:
             await asyncio.to_thread(
-                self.mirrors.checkout, spec.repo_url, spec.commit.sha, workspace
+                self.mirrors.checkout_commit, spec.repo_url, spec.commit.sha, workspace
             )
         except CheckoutError as exc:
             return (
