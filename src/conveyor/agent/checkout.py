@@ -854,8 +854,8 @@ class MirrorCache:
     def checkout_commit(self, url: str, sha: str, dest: Path) -> None:
         """Make `dest` a fresh workspace at commit `sha` (full), as `checkout` does, for a
         commit the server already resolved: the mirror is fetched only when it lacks the
-        commit, and the commit's facts are not read (the agent has them). Two git
-        processes fewer than `checkout` on a warm mirror."""
+        commit, and the commit's facts are not read (the agent has them): one git
+        process fewer than `checkout` on a warm mirror."""
         if not _FULL_SHA.match(sha):
             raise CheckoutError(f"`{sha}` is not a full commit sha: resolve the ref first")
         mirror = self.mirror_path(url)
