@@ -170,6 +170,21 @@ class TestServerSinkLineTimes:
         return client, (await client.claim(free_slots=1, wait=0)).jobs[0]
 
     @staticmethod
+    async def _send_then_lose(
+        settings: Settings, spec: JobSpec, sink: ServerSink, batch: bytes
+    ) -> StepResult:
+        """Start step 0 and print `batch` (a full batch, sent at once); then the server
+        loses what it held of the log, as if its disk was restored from a backup."""
+        server_log = step_log_path(settings.data_dir, spec.run_id, spec.job_id, 0)
+        result = StepResult(0, "say", Status.RUNNING, started_at=time.time())
+        await sink.step_started(result, spec.plan.steps[0])
+        await sink.step_output(result, batch)
+        assert server_log.stat().st_size == len(batch)
+        for lost in server_log.parent.iterdir():
+            lost.unlink()
+        return result
+
+    @staticmethod
     def _stored(settings: Settings, spec: JobSpec) -> tuple[bytes, list[int]]:
         path = step_log_path(settings.data_dir, spec.run_id, spec.job_id, 0)
         times = read_line_times(path, 0, 1_000_000)
@@ -224,16 +239,9 @@ class TestServerSinkLineTimes:
 
         async def run_step() -> JobSpec:
             client, spec = await self._claim(base_url, token)
-            server_log = step_log_path(settings.data_dir, spec.run_id, spec.job_id, 0)
             sink = ServerSink(client, spec, tmp_path / "spool")
-            result = StepResult(0, "say", Status.RUNNING, started_at=time.time())
-            await sink.step_started(result, spec.plan.steps[0])
-            await sink.step_output(result, first)  # a full batch: sent at once
-            assert server_log.stat().st_size == len(first)
-            # The server loses what it held (its disk was restored from a backup), so
-            # the next batch is a gap and the agent resends all from byte 0.
-            for lost in server_log.parent.iterdir():
-                lost.unlink()
+            result = await self._send_then_lose(settings, spec, sink, first)
+            # The next batch is a gap, and the agent resends all from byte 0.
             await asyncio.sleep(0.3)
             await sink.step_output(result, second)
             result.status, result.finished_at = Status.SUCCESS, time.time()
@@ -268,14 +276,8 @@ class TestServerSinkLineTimes:
 
         async def run_step() -> JobSpec:
             client, spec = await self._claim(base_url, token)
-            server_log = step_log_path(settings.data_dir, spec.run_id, spec.job_id, 0)
             sink = ServerSink(client, spec, tmp_path / "spool")
-            result = StepResult(0, "say", Status.RUNNING, started_at=time.time())
-            await sink.step_started(result, spec.plan.steps[0])
-            await sink.step_output(result, first)  # a full batch: sent at once
-            assert server_log.stat().st_size == len(first)
-            for lost in server_log.parent.iterdir():
-                lost.unlink()
+            result = await self._send_then_lose(settings, spec, sink, first)
             await sink.step_output(result, tail)
             result.status, result.exit_code = Status.SUCCESS, 0
             result.finished_at = time.time()

@@ -87,11 +87,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         asyncio.create_task(triggers_tasks.run_schedules(factory, settings)),
         asyncio.create_task(
             notifications_tasks.queue_run_notifications(
-                app.state.event_bus,
-                factory,
-                settings,
-                wake,
-                read_factory=app.state.read_session_factory,
+                app.state.event_bus, factory, app.state.read_session_factory, settings, wake
             )
         ),
         asyncio.create_task(notifications_tasks.send_deliveries(factory, settings, wake)),

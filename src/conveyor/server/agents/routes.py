@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request, status
@@ -43,6 +42,7 @@ from conveyor.server.deps import (
     CurrentActor,
     DbSession,
     RequestActor,
+    WriterDbSession,
     remote_address,
 )
 from conveyor.server.errors import NotAuthenticatedError
@@ -62,17 +62,8 @@ def _session_factory(request: Request) -> sessionmaker[Session]:
     return factory
 
 
-def get_write_session(request: Request) -> Iterator[Session]:
-    with repository.open_write_session(_session_factory(request)) as session:
-        try:
-            yield session
-        except BaseException:
-            session.rollback()
-            raise
-        session.commit()
-
-
-AgentSession = Annotated[Session, Depends(get_write_session, scope="function")]
+# Agent calls read, then write: a writer session from the start (see `create_app`).
+AgentSession = WriterDbSession
 
 
 def bearer_token(request: Request) -> str:

@@ -27,13 +27,13 @@ def queue_once(
     run_id: int,
     status: Status,
     clock: Clock,
-    project_id: int | None = None,
-    read_factory: sessionmaker[Session] | None = None,
+    project_id: int | None,
+    read_factory: sessionmaker[Session],
 ) -> list[int]:
     if project_id is not None:
         # Most projects notify nobody: asked in a read transaction, which (unlike a
         # writer's) does not wait for the agents' reports to take its turn.
-        with (read_factory or factory)() as session:
+        with read_factory() as session:
             if not NotificationRepository(session).notifies(project_id):
                 return []
     with factory() as session:
@@ -46,14 +46,14 @@ def queue_once(
 async def queue_run_notifications(
     bus: EventBus,
     factory: sessionmaker[Session],
+    read_factory: sessionmaker[Session],
     settings: Settings,
     wake: asyncio.Event | None = None,
     clock: Clock = utcnow,
-    read_factory: sessionmaker[Session] | None = None,
 ) -> None:
     """Forever: for each run status event, queue the deliveries it calls for, then wake
     the sender. (Events are per process: the process that changed the run queues them.)
-    `read_factory`, when given, makes the sessions of the checks that only read."""
+    `read_factory` makes the sessions of the checks that only read."""
     with bus.subscribe(["runs"]) as subscription:
         async for event in subscription:
             if event.kind == OVERFLOW or "run_id" not in event.data:
