@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
@@ -159,3 +161,32 @@ class TestAuthDisabled:
     def test_with_auth_on_the_same_request_is_refused(self, tmp_path: Path) -> None:
         with serve(create_app(Settings(data_dir=tmp_path))) as url:
             assert httpx.get(f"{url}/api/v1/user").status_code == 401
+
+
+class TestWhatAnIdleServerLoads:
+    """Libraries that only some requests need load at their first use: an idle server
+    on SQLite does not hold them (about 6 MiB together; `bench/server.py` (d))."""
+
+    def test_creating_the_app_leaves_them_out(self, tmp_path: Path) -> None:
+        script = (
+            "import sys\n"
+            "from conveyor.server.app import create_app\n"
+            "from conveyor.server.config import Settings\n"
+            f"create_app(Settings(data_dir={str(tmp_path)!r}, agents=0))\n"
+            "print(' '.join(sorted(sys.modules)))\n"
+        )
+        loaded = set(
+            subprocess.run(
+                [sys.executable, "-c", script], capture_output=True, text=True, check=True
+            ).stdout.split()
+        )
+        assert "conveyor.server.app" in loaded
+        lazy = {
+            "jinja2",  # pages and notification templates
+            "yaml",  # pipeline files
+            "conveyor.pipeline.loading",
+            "croniter",  # schedules
+            "sqlalchemy.dialects.postgresql",  # PostgreSQL only
+            "alembic",  # migrations run in a child process
+        }
+        assert lazy & loaded == set()

@@ -68,6 +68,15 @@ class TestUpgradeDatabase:
         # tests/server/agents/test_repository.py on both databases.
         assert queue.get("column_sorting", {"priority": ("desc",)}) == {"priority": ("desc",)}
 
+    def test_back_off_index_is_partial(self, migrated_engine: Engine) -> None:
+        # The model leaves the predicate out (Alembic does not compare predicates), so
+        # the migration alone carries it.
+        indexes = {index["name"]: index for index in inspect(migrated_engine).get_indexes("jobs")}
+        options = indexes["ix_jobs_claimable"].get("dialect_options", {})
+        predicate = options.get(f"{migrated_engine.dialect.name}_where")
+        assert predicate is not None
+        assert "claimable_at IS NOT NULL" in str(predicate)
+
     def test_downgrade_to_base_removes_the_schema_and_upgrade_restores_it(
         self, fresh_database_url: str
     ) -> None:

@@ -10,8 +10,18 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, Engine, Select, event, exists, func, literal, make_url
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Dialect,
+    Engine,
+    Select,
+    event,
+    exists,
+    func,
+    literal,
+    make_url,
+)
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import QueryableAttribute
@@ -19,7 +29,7 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.expression import type_coerce
 from sqlalchemy.sql.visitors import InternalTraversal
-from sqlalchemy.types import TypeEngine
+from sqlalchemy.types import TypeDecorator, TypeEngine
 
 from conveyor.server.errors import InvalidInputError
 
@@ -34,9 +44,26 @@ class DatabaseKind(StrEnum):
     POSTGRESQL = "postgresql"
 
 
+class JsonDocument(TypeDecorator[Any]):
+    """JSON on SQLite, JSONB on PostgreSQL (indexable, compared by value).
+
+    A decorator rather than `JSON().with_variant(JSONB(), ...)`, whose JSONB would have
+    to exist when the models are defined: SQLAlchemy's PostgreSQL dialect is about 2 MiB
+    of a server's memory, which a server on SQLite then never loads."""
+
+    impl = JSON
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name == DatabaseKind.POSTGRESQL:
+            from sqlalchemy.dialects.postgresql import JSONB
+
+            return dialect.type_descriptor(JSONB())
+        return dialect.type_descriptor(JSON())
+
+
 def json_type() -> TypeEngine[Any]:
-    """JSON on SQLite, JSONB on PostgreSQL (indexable, compared by value)."""
-    return JSON().with_variant(JSONB(), "postgresql")
+    return JsonDocument()
 
 
 def normalize_url(url: str | URL) -> URL:
@@ -199,9 +226,10 @@ class _JsonArrayWithin(ColumnElement[bool]):
     def __init__(self, column: JsonColumn, values: list[str]) -> None:
         elements = func.json_each(column).table_valued("value")
         self.sqlite: ColumnElement[bool] = ~exists().where(elements.c.value.not_in(values))
-        self.postgresql: ColumnElement[bool] = type_coerce(column, JSONB).contained_by(
-            literal(values, JSONB)
-        )
+        # `<@` spelled out: JSONB's own `contained_by` needs the PostgreSQL dialect loaded.
+        self.postgresql: ColumnElement[bool] = type_coerce(column, JsonDocument()).op(
+            "<@", is_comparison=True
+        )(literal(values, JsonDocument()))
 
 
 @compiles(_JsonArrayWithin, "sqlite")

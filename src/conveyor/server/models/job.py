@@ -3,7 +3,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ForeignKey, Index, String, Text, text
+from sqlalchemy import ForeignKey, Index, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from conveyor.protocol.status import Status
@@ -18,15 +18,13 @@ class Job(Base):
     __table_args__ = (
         # The lease reaper: running jobs whose lease ran out.
         Index("ix_jobs_lease", "status", "lease_expires_at"),
-        # Claims waiting for a back-off: the next job to come due. Partial, so that it
-        # holds only the few jobs in a back-off and the claim's own query (which takes
-        # jobs whose `claimable_at` is NULL) cannot use it in place of `ix_jobs_queue`.
-        Index(
-            "ix_jobs_claimable",
-            "claimable_at",
-            sqlite_where=text("claimable_at IS NOT NULL"),
-            postgresql_where=text("claimable_at IS NOT NULL"),
-        ),
+        # Claims waiting for a back-off: the next job to come due. Partial (`WHERE
+        # claimable_at IS NOT NULL`, migration 0004), so that it holds only the few jobs
+        # in a back-off and the claim's own query (which takes jobs whose `claimable_at`
+        # is NULL) cannot use it in place of `ix_jobs_queue`. The predicate is not
+        # repeated here: a `postgresql_where` would load SQLAlchemy's PostgreSQL dialect
+        # (2 MiB) into a server on SQLite, and Alembic does not compare predicates.
+        Index("ix_jobs_claimable", "claimable_at"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)

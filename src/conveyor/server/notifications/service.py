@@ -25,7 +25,6 @@ from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from jinja2 import TemplateError
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -384,7 +383,7 @@ def _prepare_hook(session: Session, settings: Settings, delivery: NotificationDe
     )
     try:
         text = templates.render(hook.template, delivery.context)
-    except TemplateError as error:
+    except templates.TemplateRenderError as error:
         # Includes the sandbox's SecurityError: the template tried to reach internals.
         raise DeliveryFailedError(f"the template cannot be rendered: {error}") from error
     outgoing = Outgoing(

@@ -27,13 +27,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from conveyor.agent.checkout import CheckoutError, CommitInfo, MirrorCache
-from conveyor.pipeline import (
-    Pipeline,
-    PipelineError,
-    TriggerContext,
-    branch_matches,
-    load_pipeline,
-)
+from conveyor.pipeline import Pipeline, PipelineError, TriggerContext, branch_matches
 from conveyor.pipeline.plan import JobPlan, StepPlan
 from conveyor.protocol.status import Status
 from conveyor.server.agents import service as agents_service
@@ -152,6 +146,9 @@ def resolve_ref(settings: Settings, project: Project, ref: str) -> ResolvedCommi
 
     def read_file(path: str) -> str | None:
         return cache.read_file(url, commit.sha, path)
+
+    # The readers load at the first pipeline read, not with the server (YAML, 2 MiB).
+    from conveyor.pipeline.loading import load_pipeline
 
     try:
         pipeline = load_pipeline(

@@ -5,7 +5,6 @@ from __future__ import annotations
 from datetime import datetime
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import croniter
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from conveyor.server.runs.schemas import VARIABLE_NAME
@@ -14,6 +13,9 @@ MIN_POLL_INTERVAL_SECONDS = 1
 
 
 def check_cron(expression: str) -> str:
+    # Loaded at the first schedule, not with the server (croniter and dateutil, 1 MiB).
+    from croniter import croniter
+
     expression = " ".join(expression.split())
     if not croniter.is_valid(expression):
         raise ValueError(

@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from croniter import croniter
 from sqlalchemy.orm import Session, sessionmaker
 
 from conveyor.agent.checkout import CheckoutError, MirrorCache
@@ -59,6 +58,8 @@ def server_time_zone(settings: Settings) -> str:
 
 def next_due(cron: str, time_zone: str, after: datetime) -> datetime:
     """The first time strictly after `after` that `cron` names, read in `time_zone`, in UTC."""
+    from croniter import croniter  # loaded at the first schedule, not with the server
+
     local = after.astimezone(ZoneInfo(time_zone))
     following: datetime = croniter(cron, local).get_next(datetime)
     return following.astimezone(UTC)
