@@ -17,14 +17,19 @@ from pathlib import Path
 import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.handlers import Message
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from conveyor.protocol.status import Status
 from conveyor.server.config import Settings
+from conveyor.server.db import dialect
+from conveyor.server.db.engine import create_session_factory
 from conveyor.server.models import DeliveryStatus, NotificationDelivery, NotificationTrigger
 from conveyor.server.models.project import Project
 from conveyor.server.notifications import service
+from conveyor.server.notifications.repository import NotificationRepository
 from conveyor.server.notifications.schemas import ForgeLinkPut, HookCreate
+from conveyor.server.notifications.tasks import RunChange, queue_for_changes
 from conveyor.server.users.authorization import Actor
 from tests.server.projects.factories import add_project
 from tests.server.receivers import DISCORD_SAVED, FORGE_CREATED, SLACK_OK, Answer, receiver
@@ -538,3 +543,49 @@ class TestCommitStatus:
             401,
             2,
         )
+
+
+class TestQueueForChanges:
+    """The run-event subscriber's work for a burst of events (notifications.tasks)."""
+
+    def test_only_runs_of_projects_that_notify_get_deliveries(
+        self,
+        db_session: Session,
+        factory: sessionmaker[Session],
+        migrated_engine: Engine,
+        settings: Settings,
+        project: Project,
+    ) -> None:
+        quiet = add_project(db_session, "quiet")
+        _hook(
+            db_session,
+            settings,
+            kind="webhook",
+            target="http://127.0.0.1:9/hook",
+            triggers=["started", "succeeded"],
+        )
+        noisy_run = add_run(db_session, project, 1, status=Status.SUCCESS)
+        quiet_run = add_run(db_session, quiet, 1, status=Status.SUCCESS)
+        db_session.commit()
+        read_factory = create_session_factory(
+            migrated_engine.execution_options(**dialect.read_transaction_options(migrated_engine))
+        )
+        with read_factory() as session:
+            asked = NotificationRepository(session).notifying([project.id, quiet.id])
+        assert asked == {project.id}
+        changes = [
+            RunChange(noisy_run.id, Status.RUNNING, project.id),
+            RunChange(quiet_run.id, Status.RUNNING, quiet.id),
+            RunChange(noisy_run.id, Status.SUCCESS, project.id),
+            RunChange(quiet_run.id, Status.SUCCESS, quiet.id),
+        ]
+
+        created = queue_for_changes(factory, read_factory, settings, changes, lambda: T0)
+
+        deliveries = [_delivery(factory, delivery_id) for delivery_id in created]
+        assert sorted((d.run_id, d.trigger) for d in deliveries) == [
+            (noisy_run.id, "started"),
+            (noisy_run.id, "succeeded"),
+        ]
+        # Again: one delivery per run and trigger, whatever the events repeat.
+        assert queue_for_changes(factory, read_factory, settings, changes, lambda: T0) == []

@@ -4,9 +4,10 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated, Any
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
 
-from fastapi import APIRouter, Depends, Header, Query, Request, status
+from fastapi import APIRouter, Header, Query, Request, status
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
@@ -42,7 +43,6 @@ from conveyor.server.deps import (
     CurrentActor,
     DbSession,
     RequestActor,
-    WriterDbSession,
     remote_address,
 )
 from conveyor.server.errors import NotAuthenticatedError
@@ -62,10 +62,6 @@ def _session_factory(request: Request) -> sessionmaker[Session]:
     return factory
 
 
-# Agent calls read, then write: a writer session from the start (see `create_app`).
-AgentSession = WriterDbSession
-
-
 def bearer_token(request: Request) -> str:
     scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not credentials.strip():
@@ -77,12 +73,33 @@ def bearer_token(request: Request) -> str:
     return credentials.strip()
 
 
-def current_agent(request: Request, session: AgentSession) -> Agent:
-    return service.authenticate(session, bearer_token(request))
-
-
-CurrentAgent = Annotated[Agent, Depends(current_agent)]
 LeaseId = Annotated[str | None, Header(alias=LEASE_HEADER)]
+_T = TypeVar("_T")
+
+
+async def _as_agent(request: Request, work: Callable[[Session, Agent], _T]) -> _T:
+    """One agent call: authenticate the agent, do `work` and commit, in one trip to a
+    worker thread (rolled back when `work` raises). A writer session from the start: agent
+    calls read, then write (see `create_app`).
+
+    The routes of the protocol are `async` and come here, rather than taking the session
+    and the agent as FastAPI dependencies: each sync dependency and each sync route is a
+    trip of its own to the thread pool (four for a report, with the session's exit), and
+    those trips were a fifth of the server's work per run."""
+    factory = _session_factory(request)
+    token = bearer_token(request)
+
+    def in_thread() -> _T:
+        with factory() as session:
+            try:
+                result = work(session, service.authenticate(session, token))
+            except BaseException:
+                session.rollback()
+                raise
+            session.commit()
+            return result
+
+    return await run_in_threadpool(in_thread)
 
 
 # --- administration ----------------------------------------------------------------------
@@ -178,10 +195,10 @@ def job_waiting(
 
 
 @router.post("/agent/register", response_model=AgentRegistered)
-def register(
-    body: AgentInfo, agent: CurrentAgent, session: AgentSession, settings: AppSettings
-) -> AgentRegistered:
-    return service.register(session, settings, agent, body)
+async def register(body: AgentInfo, request: Request, settings: AppSettings) -> AgentRegistered:
+    return await _as_agent(
+        request, lambda session, agent: service.register(session, settings, agent, body)
+    )
 
 
 def _authenticated_agent_id(factory: sessionmaker[Session], token: str) -> int:
@@ -255,10 +272,10 @@ async def _until_gone(request: Request) -> None:
 
 
 @router.post("/agent/heartbeat", response_model=HeartbeatResponse)
-def heartbeat(
-    body: Heartbeat, agent: CurrentAgent, session: AgentSession, settings: AppSettings
-) -> HeartbeatResponse:
-    return service.heartbeat(session, settings, agent, body)
+async def heartbeat(body: Heartbeat, request: Request, settings: AppSettings) -> HeartbeatResponse:
+    return await _as_agent(
+        request, lambda session, agent: service.heartbeat(session, settings, agent, body)
+    )
 
 
 @router.put("/agent/jobs/{job_id}/steps/{index}/log", response_model=LogAppended)
@@ -266,8 +283,6 @@ async def append_log(
     job_id: int,
     index: int,
     request: Request,
-    agent: CurrentAgent,
-    session: AgentSession,
     settings: AppSettings,
     lease_id: LeaseId = None,
     offset: Annotated[int, Query(ge=0)] = 0,
@@ -276,102 +291,114 @@ async def append_log(
     when the offset is past it. A `LogChunk` body carries the lines' times too."""
     chunk = logs_service.decode_chunk(request.headers.get("content-type"), await request.body())
 
-    def append() -> LogAppended:
+    def append(session: Session, agent: Agent) -> LogAppended:
         job = service.check_lease(session, agent, job_id, lease_id)
         return service.append_log(session, settings, job, index, offset, chunk)
 
-    return await run_in_threadpool(append)
+    return await _as_agent(request, append)
 
 
 @router.post("/agent/jobs/{job_id}/steps/{index}")
-def report_step(
-    job_id: int,
-    index: int,
-    body: StepReport,
-    agent: CurrentAgent,
-    session: AgentSession,
-    lease_id: LeaseId = None,
+async def report_step(
+    job_id: int, index: int, body: StepReport, request: Request, lease_id: LeaseId = None
 ) -> dict[str, Any]:
-    job = service.check_lease(session, agent, job_id, lease_id)
-    service.report_step(session, job, index, body)
-    return {}
+    def report(session: Session, agent: Agent) -> dict[str, Any]:
+        job = service.check_lease(session, agent, job_id, lease_id)
+        service.report_step(session, job, index, body)
+        return {}
+
+    return await _as_agent(request, report)
 
 
 @router.post("/agent/jobs/{job_id}/steps/{index}/end", response_model=LogAppended)
-def end_step(
+async def end_step(
     job_id: int,
     index: int,
     body: StepEnd,
-    agent: CurrentAgent,
-    session: AgentSession,
+    request: Request,
     settings: AppSettings,
     lease_id: LeaseId = None,
 ) -> LogAppended:
     """The last of a step's log and its end report in one transaction (see `StepEnd`):
     409 `log_gap` (nothing applied) when the tail's offset is past what the server holds."""
-    job = service.check_lease(session, agent, job_id, lease_id)
-    return service.end_step(session, settings, job, index, body)
+
+    def end(session: Session, agent: Agent) -> LogAppended:
+        job = service.check_lease(session, agent, job_id, lease_id)
+        return service.end_step(session, settings, job, index, body)
+
+    return await _as_agent(request, end)
 
 
 @router.post("/agent/jobs/{job_id}/finish")
-def finish_job(
+async def finish_job(
     job_id: int,
     body: JobReport,
-    agent: CurrentAgent,
-    session: AgentSession,
+    request: Request,
     settings: AppSettings,
     lease_id: LeaseId = None,
 ) -> dict[str, Any]:
     """The job's final status, with the end of its last step when the agent had not
     sent it (see `JobReport.step_end`)."""
-    job = service.check_lease(session, agent, job_id, lease_id)
-    service.finish(session, settings, agent, job, body)
-    return {}
+
+    def finish(session: Session, agent: Agent) -> dict[str, Any]:
+        job = service.check_lease(session, agent, job_id, lease_id)
+        service.finish(session, settings, agent, job, body)
+        return {}
+
+    return await _as_agent(request, finish)
 
 
 @router.post("/agent/jobs/{job_id}/uploads", response_model=UploadState)
-def start_upload(
+async def start_upload(
     job_id: int,
     body: UploadStart,
-    agent: CurrentAgent,
-    session: AgentSession,
+    request: Request,
     settings: AppSettings,
     lease_id: LeaseId = None,
 ) -> UploadState:
-    job = service.check_lease(session, agent, job_id, lease_id)
-    return artifacts_service.start_upload(session, settings, job, agent.id, body)
+    def start(session: Session, agent: Agent) -> UploadState:
+        job = service.check_lease(session, agent, job_id, lease_id)
+        return artifacts_service.start_upload(session, settings, job, agent.id, body)
+
+    return await _as_agent(request, start)
 
 
 @router.get("/agent/uploads/{upload_id}", response_model=UploadState)
-def upload_state(upload_id: str, agent: CurrentAgent, settings: AppSettings) -> UploadState:
-    return artifacts_service.upload_state(settings, upload_id, agent.id)
+async def upload_state(upload_id: str, request: Request, settings: AppSettings) -> UploadState:
+    return await _as_agent(
+        request,
+        lambda _session, agent: artifacts_service.upload_state(settings, upload_id, agent.id),
+    )
 
 
 @router.put("/agent/uploads/{upload_id}", response_model=UploadState)
 async def write_upload_chunk(
     upload_id: str,
     request: Request,
-    agent: CurrentAgent,
     settings: AppSettings,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> UploadState:
     data = await request.body()
-    return await run_in_threadpool(
-        artifacts_service.write_chunk, settings, upload_id, agent.id, offset, data
+    return await _as_agent(
+        request,
+        lambda _session, agent: artifacts_service.write_chunk(
+            settings, upload_id, agent.id, offset, data
+        ),
     )
 
 
 @router.post("/agent/uploads/{upload_id}/complete", response_model=ArtifactInfo)
-def complete_upload(
-    upload_id: str, agent: CurrentAgent, session: AgentSession, settings: AppSettings
-) -> ArtifactInfo:
-    artifact = artifacts_service.complete_upload(session, settings, upload_id, agent.id)
-    return ArtifactInfo(
-        id=artifact.id,
-        name=artifact.name,
-        size=artifact.size_bytes,
-        sha256=artifact.sha256,
-        hash_algorithm=artifact.hash_algorithm,
-        hash=artifact.hash_value,
-        archive=artifact.archive_format,
-    )
+async def complete_upload(upload_id: str, request: Request, settings: AppSettings) -> ArtifactInfo:
+    def complete(session: Session, agent: Agent) -> ArtifactInfo:
+        artifact = artifacts_service.complete_upload(session, settings, upload_id, agent.id)
+        return ArtifactInfo(
+            id=artifact.id,
+            name=artifact.name,
+            size=artifact.size_bytes,
+            sha256=artifact.sha256,
+            hash_algorithm=artifact.hash_algorithm,
+            hash=artifact.hash_value,
+            archive=artifact.archive_format,
+        )
+
+    return await _as_agent(request, complete)

@@ -730,7 +730,12 @@ def append_log(
 ) -> LogAppended:
     """Append a batch of step `index`'s log at byte `offset` (masked again with the
     project's secrets); `logs.service.append` says what a duplicate or a gap gets."""
-    step = step_for(session, job, index)
+    return _append_log(session, settings, job, step_for(session, job, index), offset, chunk)
+
+
+def _append_log(
+    session: Session, settings: Settings, job: Job, step: Step, offset: int, chunk: LogChunk
+) -> LogAppended:
     secrets = project_secrets(session, settings, job_project(session, job))
     return logs_service.append(
         session, settings, step, offset, chunk.data, secrets, logs_service.times_of(chunk)
@@ -742,21 +747,25 @@ def end_step(
 ) -> LogAppended:
     """A step's log tail and its end report (see `StepEnd`): on a gap the append
     raises before the report, and the caller's rollback leaves nothing applied."""
+    step = step_for(session, job, index)
     body = logs_service.decode_step_end_log(end)
     if body:
         chunk = logs_service.decode_chunk(end.log_media_type, body)
-        appended = append_log(session, settings, job, index, end.log_offset, chunk)
+        appended = _append_log(session, settings, job, step, end.log_offset, chunk)
     else:
-        step = step_for(session, job, index)
         appended = LogAppended(size=step.log_byte_size, lines=step.log_line_count)
-    report_step(session, job, index, end.report)
+    _report_step(session, job, step, end.report)
     return appended
 
 
 def report_step(session: Session, job: Job, index: int, report: StepReport) -> None:
     """A step started (`running`) or ended. Repeated reports (a retried request) and
     reports about a job that already ended on the server change nothing."""
-    step = step_for(session, job, index)
+    _report_step(session, job, step_for(session, job, index), report)
+
+
+def _report_step(session: Session, job: Job, step: Step, report: StepReport) -> None:
+    index = step.index
     if job.status is not Status.RUNNING or step.status is report.status:
         return
     if report.status is Status.RUNNING:

@@ -169,12 +169,11 @@ def _announce_freed_slot(session: Session, job: Job) -> None:
     """A running job ended: if its project has a concurrency limit, its queued jobs
     may be claimable now, so the waiting claims are woken (no event, no pickup until
     a claim times out)."""
-    limit = session.scalar(
-        select(Project.concurrency_limit)
-        .join(Run, Run.project_id == Project.id)
-        .where(Run.id == job.run_id)
-    )
-    if limit is not None:
+    # By key: the run and its project are usually in the session already (an agent's
+    # report loaded them), and then no query is made.
+    run = session.get(Run, job.run_id)
+    project = session.get(Project, run.project_id) if run is not None else None
+    if project is not None and project.concurrency_limit is not None:
         publish_after_commit(session, Event("queue", "job.slot_freed", {"job_id": job.id}))
 
 
