@@ -571,8 +571,7 @@ class TestQueueForChanges:
             migrated_engine.execution_options(**dialect.read_transaction_options(migrated_engine))
         )
         with read_factory() as session:
-            asked = NotificationRepository(session).notifying([project.id, quiet.id])
-        assert asked == {project.id}
+            assert NotificationRepository(session).notifying([project.id, quiet.id]) == {project.id}
         changes = [
             RunChange(noisy_run.id, Status.RUNNING, project.id),
             RunChange(quiet_run.id, Status.RUNNING, quiet.id),
@@ -580,12 +579,18 @@ class TestQueueForChanges:
             RunChange(quiet_run.id, Status.SUCCESS, quiet.id),
         ]
 
-        created = queue_for_changes(factory, read_factory, settings, changes, lambda: T0)
+        asked = {project.id, quiet.id}
+        created, notifying = queue_for_changes(
+            factory, read_factory, settings, changes, lambda: T0, asked
+        )
 
+        assert notifying == {project.id}
         deliveries = [_delivery(factory, delivery_id) for delivery_id in created]
         assert sorted((d.run_id, d.trigger) for d in deliveries) == [
             (noisy_run.id, "started"),
             (noisy_run.id, "succeeded"),
         ]
-        # Again: one delivery per run and trigger, whatever the events repeat.
-        assert queue_for_changes(factory, read_factory, settings, changes, lambda: T0) == []
+        # Again, with the projects known: one delivery per run and trigger, whatever
+        # the events repeat.
+        again = queue_for_changes(factory, read_factory, settings, changes[::2], lambda: T0, set())
+        assert again == ([], set())

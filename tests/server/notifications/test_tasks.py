@@ -154,3 +154,68 @@ class TestRunNotificationDuties:
         for request in forge.requests:
             assert request.path == f"/repos/acme/demo/statuses/{repo.head()}"
             assert request.headers["authorization"] == "Bearer gh-token"
+
+    def test_a_hook_added_after_runs_that_notified_nobody_gets_the_next_run(
+        self,
+        fresh_database_url: str,
+        tmp_path: Path,
+        make_repo: Callable[..., Repo],
+    ) -> None:
+        # The subscriber remembers that a project notifies nobody; adding a hook must
+        # make it forget, or the hook would stay silent.
+        repo = make_repo({".conveyor.yml": PIPELINE})
+        port = _free_port()
+        settings = Settings(
+            data_dir=tmp_path / "data",
+            database_url=fresh_database_url,
+            port=port,
+            agents=1,
+            embedded_backend="local",
+            triggers_tick_seconds=0.2,
+            outbound_allow=["127.0.0.1"],
+            public_base_url=PUBLIC_BASE_URL,
+        )
+        app = create_app(settings)
+        with (
+            receiver() as hook_target,
+            serve_on(app, port) as url,
+            httpx.Client(base_url=url, timeout=10) as client,
+        ):
+            with app.state.session_factory() as session:
+                mia = add_user(session, "mia")
+                demo = add_project(session, "demo", repo.url)
+                users_service.set_membership(session, mia, demo, Role.MAINTAINER)
+                session.commit()
+                headers = bearer(session, mia)
+
+            def run_to_end() -> dict[str, object]:
+                started = client.post("/api/v1/projects/demo/runs", headers=headers, json={})
+                assert started.status_code == 201, started.text
+                deadline = time.monotonic() + WAIT_SECONDS
+                while True:
+                    run: dict[str, object] = client.get(
+                        f"/api/v1/runs/{started.json()['id']}", headers=headers
+                    ).json()
+                    if run["finished_at"] is not None:
+                        return run
+                    assert time.monotonic() < deadline, f"run {run['id']} did not finish"
+                    time.sleep(0.05)
+
+            first = run_to_end()
+            hook = client.post(
+                "/api/v1/projects/demo/notifications",
+                headers=headers,
+                json={
+                    "kind": "webhook",
+                    "target": hook_target.url + "/ci",
+                    "triggers": ["succeeded"],
+                },
+            )
+            assert hook.status_code == 201, hook.text
+            second = run_to_end()
+            _wait_for_requests(hook_target, 1)
+            time.sleep(0.3)  # a delivery for the first run would have come by now
+
+        assert (first["status"], second["status"]) == ("success", "success")
+        bodies = [json.loads(request.body) for request in hook_target.requests]
+        assert [body["run_number"] for body in bodies] == [second["number"]]

@@ -32,6 +32,7 @@ from conveyor.protocol.status import Status
 from conveyor.server import outbound
 from conveyor.server.config import Settings
 from conveyor.server.errors import ConveyorError, NotFoundError
+from conveyor.server.events import Event, publish_after_commit
 from conveyor.server.forges.reporters import REPORTERS, StatusReport
 from conveyor.server.models.artifact import Artifact
 from conveyor.server.models.forge_link import ForgeLink
@@ -93,6 +94,17 @@ def _cipher(settings: Settings) -> SecretCipher:
 # --- hooks ---------------------------------------------------------------------------------
 
 
+SETTINGS_TOPIC = "notification-settings"
+"""Published (after commit) when a project's hooks or forge link change, so that the
+run-event subscriber forgets which projects notify anybody (see `tasks`)."""
+
+
+def _settings_changed(session: Session, project_id: int) -> None:
+    publish_after_commit(
+        session, Event(SETTINGS_TOPIC, "notifications.changed", {"project_id": project_id})
+    )
+
+
 def describe_hook(hook: NotificationHook) -> HookRead:
     return HookRead(
         id=hook.id,
@@ -146,6 +158,7 @@ def create_hook(
         enabled=body.enabled,
     )
     NotificationRepository(session).add(hook)
+    _settings_changed(session, project.id)
     return hook
 
 
@@ -175,12 +188,14 @@ def update_hook(
     if body.enabled is not None:
         hook.enabled = body.enabled
     session.flush()
+    _settings_changed(session, project.id)
     return hook
 
 
 def delete_hook(session: Session, actor: Actor, project_name: str, hook_id: int) -> None:
     project = projects_service.get_project_for(session, actor, project_name, Action.MANAGE)
     NotificationRepository(session).delete(_hook_of(session, project, hook_id))
+    _settings_changed(session, project.id)
 
 
 def list_deliveries(
@@ -222,11 +237,14 @@ def put_forge_link(
     link.context = body.context
     link.token_ciphertext = ciphertext
     session.flush()
+    _settings_changed(session, project.id)
     return link
 
 
 def delete_forge_link(session: Session, actor: Actor, project_name: str) -> None:
-    NotificationRepository(session).delete(get_forge_link(session, actor, project_name))
+    link = get_forge_link(session, actor, project_name)
+    NotificationRepository(session).delete(link)
+    _settings_changed(session, link.project_id)
 
 
 def list_commit_status_deliveries(

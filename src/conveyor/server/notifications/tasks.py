@@ -31,26 +31,56 @@ class RunChange:
     project_id: int | None
 
 
+class NotifyingProjects:
+    """Which projects notify anybody (an enabled hook or a forge link), remembered
+    between run events: most projects notify nobody, and then their runs cost no query
+    and no trip to a worker thread. Forgotten whenever hooks or forge links change
+    (their service publishes on `SETTINGS_TOPIC` after commit) and after an overflow of
+    events, which may have hidden such a change."""
+
+    def __init__(self) -> None:
+        self._known: dict[int, bool] = {}
+
+    def unknown(self, changes: list[RunChange]) -> set[int]:
+        return {
+            c.project_id
+            for c in changes
+            if c.project_id is not None and c.project_id not in self._known
+        }
+
+    def learn(self, asked: set[int], notifying: set[int]) -> None:
+        self._known.update({project_id: project_id in notifying for project_id in asked})
+
+    def may_notify(self, change: RunChange) -> bool:
+        """False only for a project known to notify nobody."""
+        return change.project_id is None or self._known.get(change.project_id, True)
+
+    def forget(self) -> None:
+        self._known.clear()
+
+
 def queue_for_changes(
     factory: sessionmaker[Session],
     read_factory: sessionmaker[Session],
     settings: Settings,
     changes: list[RunChange],
     clock: Clock,
-) -> list[int]:
-    """Queue the deliveries a burst of run changes calls for; the new deliveries' ids.
-    Which of their projects notify anybody is asked in one read transaction (unlike a
-    writer's, it does not wait for the agents' reports to take its turn); the changes
-    of those projects are queued in one writer transaction."""
-    known = {change.project_id for change in changes if change.project_id is not None}
-    if known:
+    ask: set[int],
+) -> tuple[list[int], set[int]]:
+    """Queue the deliveries a burst of run changes calls for. Which of the projects in
+    `ask` notify anybody is asked first, in one read transaction (unlike a writer's, it
+    does not wait for the agents' reports to take its turn), and the changes of the
+    others dropped; the rest are queued in one writer transaction. Returns the new
+    deliveries' ids and those of `ask` that notify."""
+    notifying: set[int] = set()
+    if ask:
         with read_factory() as session:
-            notifying = NotificationRepository(session).notifying(known)
-        changes = [c for c in changes if c.project_id is None or c.project_id in notifying]
+            notifying = NotificationRepository(session).notifying(ask)
+        changes = [c for c in changes if c.project_id not in ask or c.project_id in notifying]
     if not changes:
-        return []
+        return [], notifying
     try:
-        return _queue(factory, settings, changes, clock)
+        return _queue(factory, settings, changes, clock), notifying
     except Exception:
         if len(changes) == 1:
             raise
@@ -61,7 +91,7 @@ def queue_for_changes(
             created += _queue(factory, settings, [change], clock)
         except Exception:
             logger.exception("queueing notifications for run %s failed", change.run_id)
-    return created
+    return created, notifying
 
 
 def _queue(
@@ -79,7 +109,7 @@ def _queue(
 
 
 def _change_of(event: Event) -> RunChange | None:
-    if event.kind == OVERFLOW or "run_id" not in event.data:
+    if event.topic != "runs" or "run_id" not in event.data:
         return None
     status = Status(event.data["status"])
     if status is not Status.RUNNING and not status.finished:
@@ -99,19 +129,24 @@ async def queue_run_notifications(
     """Forever: for each burst of run status events, queue the deliveries they call
     for, then wake the sender. (Events are per process: the process that changed the
     run queues them.) `read_factory` makes the sessions of the checks that only read."""
-    with bus.subscribe(["runs"]) as subscription:
+    projects = NotifyingProjects()
+    with bus.subscribe(["runs", service.SETTINGS_TOPIC]) as subscription:
         async for event in subscription:
             try:
-                changes = [
-                    change
-                    for change in map(_change_of, [event, *subscription.get_pending()])
-                    if change is not None
-                ]
+                changes: list[RunChange] = []
+                for item in [event, *subscription.get_pending()]:
+                    if item.kind == OVERFLOW or item.topic == service.SETTINGS_TOPIC:
+                        projects.forget()
+                    change = _change_of(item)
+                    if change is not None and projects.may_notify(change):
+                        changes.append(change)
                 if not changes:
-                    continue  # no thread to wake for these
-                created = await run_in_threadpool(
-                    queue_for_changes, factory, read_factory, settings, changes, clock
+                    continue  # nothing to tell, no thread to wake for it
+                ask = projects.unknown(changes)
+                created, notifying = await run_in_threadpool(
+                    queue_for_changes, factory, read_factory, settings, changes, clock, ask
                 )
+                projects.learn(ask, notifying)
             except Exception:
                 logger.exception("queueing notifications for %s failed", event.data)
                 continue
