@@ -16,7 +16,7 @@ from conveyor.protocol.status import Status
 from conveyor.server.agents import service
 from conveyor.server.config import Settings
 from conveyor.server.db import dialect
-from conveyor.server.models import Agent, Job, Step
+from conveyor.server.models import Agent, Job, Run, Step
 from conveyor.server.runs import state
 from tests.server.agents.queue import (
     add_agent,
@@ -123,6 +123,31 @@ class TestClaim:
         other = queue_job(db_session, free, queued_at=minutes_ago(1))
         _, token = add_agent(db_session, "a", capacity=3)
         assert _job_ids(claim(http, token, free_slots=3)) == [first.id, other.id]
+
+    def test_a_claimed_job_makes_its_run_running_while_the_others_wait(
+        self, http: httpx.Client, db_session: Session
+    ) -> None:
+        project = add_project(db_session, "p")
+        first = queue_job(db_session, project, commit=False)
+        second = Job(
+            run_id=first.run_id,
+            name="second",
+            plan=first.plan,
+            labels=["elsewhere"],
+            queued_at=first.queued_at,
+        )
+        db_session.add(second)
+        db_session.commit()
+        _, token = add_agent(db_session, "a", capacity=2)
+
+        assert _job_ids(claim(http, token, free_slots=2)) == [first.id]
+
+        db_session.expire_all()
+        run = db_session.get(Run, first.run_id)
+        assert run is not None
+        assert run.status is Status.RUNNING
+        assert run.started_at is not None and run.finished_at is None
+        assert _fresh(db_session, second.id).status is Status.QUEUED
 
     def test_spec_carries_plan_commit_variables_and_lease(
         self, http: httpx.Client, db_session: Session
@@ -621,6 +646,7 @@ class TestDeleteAgent:
     ) -> None:
         _as_admin(http, db_session)
         agent, token = add_agent(db_session, "a")
+        claim(http, token)  # the server now knows the token (see `_known_agents`)
         deleted = http.delete(f"/api/v1/agents/{agent.id}")
         assert deleted.status_code == 200, deleted.text
         assert deleted.json() == {"id": agent.id, "name": "a", "requeued_jobs": []}

@@ -45,7 +45,7 @@ from conveyor.server.deps import (
     RequestActor,
     remote_address,
 )
-from conveyor.server.errors import NotAuthenticatedError
+from conveyor.server.errors import ConveyorError, NotAuthenticatedError
 from conveyor.server.events import EventBus
 from conveyor.server.logs import service as logs_service
 from conveyor.server.models.agent import Agent
@@ -206,13 +206,29 @@ def _authenticated_agent_id(factory: sessionmaker[Session], token: str) -> int:
         return service.authenticate(session, token).id
 
 
+def _known_agents(request: Request) -> dict[str, int]:
+    """Agent ids by token hash, of the agents that claimed from this process: a claim
+    needs its agent's id before it looks at the queue (to listen for its cancels), and
+    a long-polling agent claims often. The claim's own transaction still checks that
+    the agent holds the token; an entry that fails that check is dropped."""
+    state = request.app.state
+    if not hasattr(state, "agent_ids_by_token"):
+        state.agent_ids_by_token = {}
+    known: dict[str, int] = state.agent_ids_by_token
+    return known
+
+
 def _claim_once(
-    factory: sessionmaker[Session], settings: Settings, agent_id: int, free_slots: int
+    factory: sessionmaker[Session],
+    settings: Settings,
+    agent_id: int,
+    token_hash: str,
+    free_slots: int,
 ) -> tuple[ClaimResponse, float | None]:
     """The claim, and when it gave nothing, the seconds until a job waiting out a
     back-off comes due (None: none waits)."""
     with repository.open_write_session(factory) as session:
-        response = service.claim(session, settings, agent_id, free_slots)
+        response = service.claim(session, settings, agent_id, free_slots, token_hash=token_hash)
         due_in = None if response.jobs else service.seconds_until_claimable(session)
         session.commit()
         return response, due_in
@@ -224,7 +240,13 @@ async def claim(body: ClaimRequest, request: Request, settings: AppSettings) -> 
     `wait` seconds) for a job to be queued, for a job's back-off to end, or for a
     cancel of one of its jobs."""
     factory = _session_factory(request)
-    agent_id = await run_in_threadpool(_authenticated_agent_id, factory, bearer_token(request))
+    token = bearer_token(request)
+    token_hash = service.hash_agent_token(token)
+    known = _known_agents(request)
+    agent_id = known.get(token_hash)
+    if agent_id is None:
+        agent_id = await run_in_threadpool(_authenticated_agent_id, factory, token)
+        known[token_hash] = agent_id
     bus: EventBus = request.app.state.event_bus
     loop = asyncio.get_running_loop()
     deadline = loop.time() + body.wait
@@ -234,9 +256,13 @@ async def claim(body: ClaimRequest, request: Request, settings: AppSettings) -> 
     try:
         with bus.subscribe(["queue", f"agent:{agent_id}"]) as subscription:
             while True:
-                response, due_in = await run_in_threadpool(
-                    _claim_once, factory, settings, agent_id, body.free_slots
-                )
+                try:
+                    response, due_in = await run_in_threadpool(
+                        _claim_once, factory, settings, agent_id, token_hash, body.free_slots
+                    )
+                except ConveyorError:
+                    known.pop(token_hash, None)
+                    raise
                 remaining = deadline - loop.time()
                 if response.jobs or response.cancel or remaining <= 0 or gone.done():
                     return response

@@ -258,13 +258,17 @@ def delete_agent(
     return agent, requeued
 
 
+def _invalid_token() -> AgentTokenInvalidError:
+    return AgentTokenInvalidError(
+        "the agent token is not valid; an administrator creates agents and their tokens "
+        "with POST /api/v1/agents"
+    )
+
+
 def authenticate(session: Session, token: str) -> Agent:
     agent = repository.agent_by_token_hash(session, hash_agent_token(token))
     if agent is None:
-        raise AgentTokenInvalidError(
-            "the agent token is not valid; an administrator creates agents and their "
-            "tokens with POST /api/v1/agents"
-        )
+        raise _invalid_token()
     return agent
 
 
@@ -295,13 +299,17 @@ def claim(
     agent_id: int,
     free_slots: int,
     *,
+    token_hash: str | None = None,
     now: datetime | None = None,
 ) -> ClaimResponse:
     """Give the agent what it may run now (see the module's rules) and the jobs it must
-    stop. The caller runs this in a write transaction
+    stop. With `token_hash`, the agent must still hold that token (as `authenticate`
+    checks). The caller runs this in a write transaction
     (`dialect.write_transaction_options`) and commits."""
     now = now or utcnow()
     agent = session.get(Agent, agent_id)
+    if token_hash is not None and (agent is None or agent.token_hash != token_hash):
+        raise _invalid_token()
     if agent is None:
         raise AgentNotFoundError(f"agent {agent_id} no longer exists; register it again")
     cancel = repository.cancelled_job_ids(session, agent.id)

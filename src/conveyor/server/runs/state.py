@@ -110,7 +110,7 @@ def start_job(
     job.error_message = None
     job.claimable_at = None
     session.flush()
-    _refresh_run(session, job.run_id, now)
+    _run_has_a_running_job(session, job.run_id, now)
 
 
 def finish_job(
@@ -330,6 +330,19 @@ def _refresh_run(session: Session, run_id: int, now: datetime) -> None:
     if new is not Status.QUEUED and run.started_at is None:
         run.started_at = now
     run.finished_at = finished_at
+    session.flush()
+    publish_after_commit(session, *_run_events(run))
+
+
+def _run_has_a_running_job(session: Session, run_id: int, now: datetime) -> None:
+    """`_refresh_run` after a job started, without reading the other jobs: a run with a
+    running job is running, whatever the others are."""
+    run = session.get(Run, run_id)
+    if run is None or run.status is Status.RUNNING:
+        return
+    run.status = Status.RUNNING
+    run.started_at = run.started_at or now
+    run.finished_at = None
     session.flush()
     publish_after_commit(session, *_run_events(run))
 
