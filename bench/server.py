@@ -22,6 +22,7 @@ import asyncio
 import json
 import os
 import re
+import shutil
 import socket
 import statistics
 import subprocess
@@ -340,6 +341,13 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown parts: {', '.join(sorted(unknown))}")
     root = Path(tempfile.mkdtemp(prefix="conveyor-bench-server-"))
+    try:
+        run_parts(root, args, parts)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def run_parts(root: Path, args: argparse.Namespace, parts: set[str]) -> None:
     quick = make_repo(root, "quick", "steps: [{name: t, commands: ['true']}]\n")
     chatty = make_repo(
         root, "chatty",
