@@ -104,6 +104,8 @@ class TestAgentLoop:
 
         agent.client._http.event_hooks["request"].append(note)
         _run_until(agent, finished)
+        # The workspace goes after the slot is free; a stop waits for it.
+        assert list((tmp_path / "work").glob("job-*")) == []
         # The step's end (its log tail and report) went with the job's finish report.
         assert f"POST /jobs/{job_id}/steps/0/end" not in calls
         assert calls.count(f"POST /jobs/{job_id}/finish") == 1

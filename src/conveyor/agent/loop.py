@@ -411,6 +411,8 @@ class Agent:
         """Leases of jobs that came back to this agent as a new attempt: stopped, left
         out of heartbeats, and deaf to cancels (which name the job, i.e. the new one)."""
         self._jobs: dict[str, tuple[JobSpec, asyncio.Task[None]]] = {}
+        self._removals: set[asyncio.Task[None]] = set()
+        """Workspaces of ended jobs being removed; a stop waits for them."""
         self._stopping = asyncio.Event()
 
     def stop(self) -> None:
@@ -440,6 +442,8 @@ class Agent:
             tasks = [task for _, task in self._jobs.values()]
             if tasks:
                 await asyncio.gather(*tasks, return_exceptions=True)
+            if self._removals:
+                await asyncio.gather(*self._removals, return_exceptions=True)
             with contextlib.suppress(asyncio.CancelledError):
                 await beating
             await self.client.close()
@@ -581,7 +585,10 @@ class Agent:
             if sink is not None:
                 sink.discard()
             if spec.plan.cleanup.remove_workspace:
-                await asyncio.to_thread(shutil.rmtree, root, True)
+                # Not on the slot's path: the next job is claimed while these files go.
+                removal = asyncio.create_task(asyncio.to_thread(shutil.rmtree, root, True))
+                self._removals.add(removal)
+                removal.add_done_callback(self._removals.discard)
 
     async def _execute(
         self, spec: JobSpec, root: Path
