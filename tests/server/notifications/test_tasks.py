@@ -60,6 +60,34 @@ def serve_on(app: FastAPI, port: int) -> Iterator[str]:
         thread.join(timeout=20)
 
 
+@contextmanager
+def _serving_demo(
+    database_url: str, tmp_path: Path, repo: Repo
+) -> Iterator[tuple[httpx.Client, dict[str, str]]]:
+    """A served app with its embedded agent (local backend) and a project "demo" of
+    `repo`: a client and the headers of its maintainer."""
+    port = _free_port()
+    settings = Settings(
+        data_dir=tmp_path / "data",
+        database_url=database_url,
+        port=port,
+        agents=1,
+        embedded_backend="local",
+        triggers_tick_seconds=0.2,
+        outbound_allow=["127.0.0.1"],
+        public_base_url=PUBLIC_BASE_URL,
+    )
+    app = create_app(settings)
+    with serve_on(app, port) as url, httpx.Client(base_url=url, timeout=10) as client:
+        with app.state.session_factory() as session:
+            mia = add_user(session, "mia")
+            demo = add_project(session, "demo", repo.url)
+            users_service.set_membership(session, mia, demo, Role.MAINTAINER)
+            session.commit()
+            headers = bearer(session, mia)
+        yield client, headers
+
+
 def _wait_for_requests(target: Receiver, count: int) -> None:
     deadline = time.monotonic() + WAIT_SECONDS
     while len(target.requests) < count:
@@ -77,30 +105,11 @@ class TestRunNotificationDuties:
         make_repo: Callable[..., Repo],
     ) -> None:
         repo = make_repo({".conveyor.yml": PIPELINE})
-        port = _free_port()
-        settings = Settings(
-            data_dir=tmp_path / "data",
-            database_url=fresh_database_url,
-            port=port,
-            agents=1,
-            embedded_backend="local",
-            triggers_tick_seconds=0.2,
-            outbound_allow=["127.0.0.1"],
-            public_base_url=PUBLIC_BASE_URL,
-        )
-        app = create_app(settings)
         with (
             receiver() as hook_target,
             receiver(answer=FORGE_CREATED) as forge,
-            serve_on(app, port) as url,
-            httpx.Client(base_url=url, timeout=10) as client,
+            _serving_demo(fresh_database_url, tmp_path, repo) as (client, headers),
         ):
-            with app.state.session_factory() as session:
-                mia = add_user(session, "mia")
-                demo = add_project(session, "demo", repo.url)
-                users_service.set_membership(session, mia, demo, Role.MAINTAINER)
-                session.commit()
-                headers = bearer(session, mia)
             hook = client.post(
                 "/api/v1/projects/demo/notifications",
                 headers=headers,
@@ -164,29 +173,10 @@ class TestRunNotificationDuties:
         # The subscriber remembers that a project notifies nobody; adding a hook must
         # make it forget, or the hook would stay silent.
         repo = make_repo({".conveyor.yml": PIPELINE})
-        port = _free_port()
-        settings = Settings(
-            data_dir=tmp_path / "data",
-            database_url=fresh_database_url,
-            port=port,
-            agents=1,
-            embedded_backend="local",
-            triggers_tick_seconds=0.2,
-            outbound_allow=["127.0.0.1"],
-            public_base_url=PUBLIC_BASE_URL,
-        )
-        app = create_app(settings)
         with (
             receiver() as hook_target,
-            serve_on(app, port) as url,
-            httpx.Client(base_url=url, timeout=10) as client,
+            _serving_demo(fresh_database_url, tmp_path, repo) as (client, headers),
         ):
-            with app.state.session_factory() as session:
-                mia = add_user(session, "mia")
-                demo = add_project(session, "demo", repo.url)
-                users_service.set_membership(session, mia, demo, Role.MAINTAINER)
-                session.commit()
-                headers = bearer(session, mia)
 
             def run_to_end() -> dict[str, object]:
                 started = client.post("/api/v1/projects/demo/runs", headers=headers, json={})
