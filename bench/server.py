@@ -318,7 +318,9 @@ def bench_viewers(
     complete = min(sum(1 for count in counts if count == stored) for _, counts in views)
     store_seconds, view_seconds = statistics.median(store_times), statistics.median(view_times)
     print(f"(c) {viewers} WebSocket viewers of one job printing {lines:,} lines")
-    print(f"    stored with no viewer      {store_seconds:6.2f} s   (median of {_list(store_times)})")
+    print(
+        f"    stored with no viewer      {store_seconds:6.2f} s   (median of {_list(store_times)})"
+    )
     print(
         f"    all {complete}/{viewers} viewers got all {stored:,} lines"
         f" in {view_seconds:6.2f} s   {view_seconds / store_seconds:.2f}x (target < 2x)"
