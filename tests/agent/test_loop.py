@@ -175,12 +175,17 @@ class TestServerSinkLineTimes:
     async def _send_then_lose(
         settings: Settings, spec: JobSpec, sink: ServerSink, batch: bytes
     ) -> StepResult:
-        """Start step 0 and print `batch` (a full batch, sent at once); then the server
-        loses what it held of the log, as if its disk was restored from a backup."""
+        """Start step 0 and print `batch` (a full batch: sent without waiting for the
+        flush interval); then the server loses what it held of the log, as if its disk
+        was restored from a backup."""
         server_log = step_log_path(settings.data_dir, spec.run_id, spec.job_id, 0)
         result = StepResult(0, "say", Status.RUNNING, started_at=time.time())
         await sink.step_started(result, spec.plan.steps[0])
+        printed = time.monotonic()
         await sink.step_output(result, batch)
+        while not server_log.exists() or server_log.stat().st_size < len(batch):
+            assert time.monotonic() - printed < 10, "the full batch was not sent"
+            await asyncio.sleep(0.005)
         assert server_log.stat().st_size == len(batch)
         for lost in server_log.parent.iterdir():
             lost.unlink()
@@ -230,6 +235,49 @@ class TestServerSinkLineTimes:
         assert 350 <= two - one <= 1_000 and 350 <= three - two <= 1_000
         assert started_at * 1000 - 5 <= one <= started_at * 1000 + 300
         assert three < restored_at * 1000
+
+    def test_a_step_prints_on_while_the_server_is_slow_until_the_unsent_limit(
+        self,
+        running_server: tuple[str, Settings],
+        tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """Full batches go out one request at a time without holding the step up; only
+        a step `LOG_UNSENT_LIMIT` ahead of the server waits for it."""
+        monkeypatch.setattr(agent_loop, "LOG_UNSENT_LIMIT", 256 * 1024)
+        base_url, settings = running_server
+        port = int(base_url.rsplit(":", 1)[1])
+        token = self._agent_token(settings)
+        batch = b"x" * 99 + b"\n"
+        batches = [batch * 700 for _ in range(4)]  # 70,000 bytes each, past LOG_BATCH_BYTES
+        with TcpProxy(port) as proxy:
+
+            async def run_step() -> JobSpec:
+                client, spec = await self._claim(proxy.url, token)
+                sink = ServerSink(client, spec, tmp_path / "spool")
+                result = StepResult(0, "say", Status.RUNNING, started_at=time.time())
+                await sink.step_started(result, spec.plan.steps[0])
+                proxy.cut()
+                # 210,000 bytes unsent: the step goes on although no request can end.
+                for data in batches[:3]:
+                    await asyncio.wait_for(sink.step_output(result, data), 5)
+                # 280,000: past the limit, the step waits for the server.
+                held = asyncio.ensure_future(sink.step_output(result, batches[3]))
+                await asyncio.sleep(0.5)
+                assert not held.done()
+                proxy.restore()
+                await asyncio.wait_for(held, 30)
+                result.status, result.finished_at = Status.SUCCESS, time.time()
+                await sink.step_finished(result)
+                await sink.close()
+                await finish_job(client, spec, JobReport(status=Status.SUCCESS), sink)
+                sink.discard()
+                await client.close()
+                return spec
+
+            spec = asyncio.run(run_step())
+        data, _ = self._stored(settings, spec)
+        assert data == b"".join(batches)
 
     def test_resend_from_the_size_a_gap_names_keeps_each_line_on_its_time(
         self, running_server: tuple[str, Settings], tmp_path: Path

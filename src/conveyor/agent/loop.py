@@ -50,6 +50,10 @@ LOG_BATCH_BYTES = 64 * 1024
 """A step's pending log is sent once this much has gathered..."""
 LOG_FLUSH_SECONDS = 0.05
 """...or this long after the first unsent byte, whichever comes first."""
+LOG_UNSENT_LIMIT = 8 * 1024 * 1024
+"""A step whose output is this far ahead of what the server acknowledged waits until
+all of it is sent: the spool does not grow without bound while the server is slow or
+away."""
 STEP_START_REPORT_DELAY = LOG_FLUSH_SECONDS
 """A step's start is reported this long after it started, and not at all when the step
 has ended by then: its end report carries the start too, so a short step costs one
@@ -139,8 +143,10 @@ class _StepLog:
 
 class ServerSink:
     """A `JobSink` that reports steps to the server and streams their logs in batches:
-    sent at 64 KiB or every ~50 ms, whichever comes first, never one request per line;
-    on a gap the server names, resent from the server's size.
+    sent at 64 KiB or every ~50 ms, whichever comes first, never one request per line,
+    one request at a time (what gathers meanwhile goes in the next; the step waits only
+    when `LOG_UNSENT_LIMIT` is unsent); on a gap the server names, resent from the
+    server's size.
 
     Step reports go out in order behind the job's back: a step starts without waiting
     for the server to hear that it did (the start is reported after
@@ -160,6 +166,9 @@ class ServerSink:
         self._logs: dict[int, _StepLog] = {}
         self._send_lock = asyncio.Lock()
         self._wake = asyncio.Event()
+        """Some log bytes are unsent."""
+        self._full = asyncio.Event()
+        """A batch's worth (`LOG_BATCH_BYTES`) is unsent: no reason to wait any longer."""
         self._flusher: asyncio.Task[None] | None = None
         self._reports: asyncio.Task[None] | None = None
         self._unreported_starts: dict[int, asyncio.TimerHandle] = {}
@@ -193,10 +202,17 @@ class ServerSink:
     async def step_output(self, result: StepResult, data: bytes) -> None:
         log = self._log(result.index, result.started_at)
         log.append(data)
-        if log.written - log.acknowledged >= LOG_BATCH_BYTES:
+        # The step's output is read (and spooled) on while a batch is in flight, and
+        # the next request carries all that gathered meanwhile: a slow server means
+        # fewer, larger requests, not a slower step, until the step is
+        # `LOG_UNSENT_LIMIT` ahead of it.
+        unsent = log.written - log.acknowledged
+        if unsent >= LOG_UNSENT_LIMIT:
             await self._send(log, result.index)
-        else:
-            self._wake.set()
+            return
+        if unsent >= LOG_BATCH_BYTES:
+            self._full.set()
+        self._wake.set()
 
     async def step_finished(self, result: StepResult) -> None:
         unreported_start = self._unreported_starts.pop(result.index, None)
@@ -348,8 +364,11 @@ class ServerSink:
     async def _flush_periodically(self) -> None:
         while True:
             await self._wake.wait()
-            await asyncio.sleep(LOG_FLUSH_SECONDS)
+            if not self._full.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._full.wait(), LOG_FLUSH_SECONDS)
             self._wake.clear()
+            self._full.clear()
             for index, log in list(self._logs.items()):
                 try:
                     await self._send(log, index)
