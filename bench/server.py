@@ -32,6 +32,7 @@ import sys
 import tempfile
 import threading
 import time
+import zlib
 from datetime import datetime
 from pathlib import Path
 
@@ -133,7 +134,8 @@ def sign_in(url: str, password: str) -> tuple[httpx.Client, str]:
 async def wait_for_end(url: str, job_id: int, token: str) -> tuple[str, int]:
     ws_url = url.replace("http://", "ws://") + f"/jobs/{job_id}/ws?token={token}"
     lines = 0
-    async with websockets.connect(ws_url, max_size=None, compression=None) as ws:
+    # Compression as a browser asks for it (permessage-deflate), decoded in full.
+    async with websockets.connect(ws_url, max_size=None) as ws:
         while True:
             message = json.loads(await ws.recv())
             if message["type"] == "lines":
@@ -248,6 +250,19 @@ def bench_throughput(root: Path, repo: str, queued: int, database_url: str | Non
     return rss_after
 
 
+Decoded = tuple[str, int, int, int]
+"""A message's type and, for lines, its step, first line and number of lines."""
+
+
+def decode_compressed(payload: bytes) -> Decoded:
+    """A message compressed alone (RFC 7692: the sync flush's last 4 bytes left out)."""
+    inflater = zlib.decompressobj(-15)
+    message = json.loads(inflater.decompress(payload + b"\x00\x00\xff\xff"))
+    if message["type"] == "lines":
+        return "lines", message["step"], message["start"], len(message["lines"])
+    return message["type"], 0, 0, 0
+
+
 _LINES_HEAD = re.compile(rb'\{"type": "lines", "step": (\d+), "start": (\d+), "lines": \[')
 
 
@@ -265,22 +280,32 @@ class LightViewer(asyncio.Protocol):
     (after the array only `"time_runs"` has quotes); a message with a backslash, where
     a quote may be escaped, is decoded instead. Each message must start at the line after
     the previous one of its step (no gap, no duplicate). Pings are answered; server
-    frames are never masked, this client's are."""
+    frames are never masked, this client's are.
 
-    def __init__(self, target: str, host: str) -> None:
+    Like a browser, it asks for permessage-deflate. A compressed message is inflated
+    and decoded the first time any viewer gets those bytes (`inflated`, shared by the
+    viewers of one trial; the server says `server_no_context_takeover`, so a message
+    inflates alone or the check fails): the viewers who get the same bytes got the
+    same lines, and 99 inflations of every message in this one process would measure
+    this client, not the server (a browser inflates on its own machine)."""
+
+    def __init__(self, target: str, host: str, inflated: dict[bytes, Decoded]) -> None:
         self.key = base64.b64encode(os.urandom(16))
         self.request = (
             f"GET {target} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n"
             "Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+            "Sec-WebSocket-Extensions: permessage-deflate\r\n"
             f"Sec-WebSocket-Key: {self.key.decode()}\r\n\r\n"
         ).encode()
+        self._inflated = inflated
+        self._compressed = False  # the message being received
         self.lines = 0
         self.done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._transport: asyncio.Transport | None = None
         self._handshake: bytes | None = b""
         self._header = bytearray()
         self._remaining = -1  # payload bytes left in the current frame; -1: in a header
-        self._final = self._control = False
+        self._final = self._control = self._deflate = False
         self._parts: list[memoryview] = []  # the message so far, as views of the chunks
         self._control_parts: list[memoryview] = []
         self._quotes = 0
@@ -320,6 +345,7 @@ class LightViewer(asyncio.Protocol):
                 or b"Sec-WebSocket-Accept: " + accept not in head
             ):
                 raise SystemExit(f"the WebSocket handshake failed: {head.decode()}")
+            self._deflate = b"permessage-deflate" in head.lower()
         size = len(data)
         while at < size:
             if self._remaining < 0:
@@ -351,6 +377,10 @@ class LightViewer(asyncio.Protocol):
             self._final = bool(header[0] & 0x80)
             self._control = header[0] & 0x0F >= 0x8
             self._opcode = header[0] & 0x0F
+            if not self._control and self._opcode != 0:  # a message's first frame
+                self._compressed = bool(header[0] & 0x40)
+                if self._compressed and not self._deflate:
+                    raise SystemExit("a compressed frame without permessage-deflate")
             header.clear()
             self._remaining = length
             if length == 0:
@@ -363,6 +393,8 @@ class LightViewer(asyncio.Protocol):
             self._control_parts.append(memoryview(data)[start:end])
             return
         self._parts.append(memoryview(data)[start:end])
+        if self._compressed:
+            return
         self._quotes += data.count(b'"', start, end)
         self._escaped = self._escaped or data.find(b"\\", start, end) >= 0
 
@@ -382,13 +414,23 @@ class LightViewer(asyncio.Protocol):
             self._message(parts, quotes, escaped)
 
     def _message(self, parts: list[memoryview], quotes: int, escaped: bool) -> None:
+        if self._compressed:
+            payload = b"".join(parts)
+            decoded = self._inflated.get(payload)
+            if decoded is None:
+                decoded = self._inflated[payload] = decode_compressed(payload)
+            kind, step, start, count = decoded
+            if kind == "end":
+                self._end()
+            elif kind == "lines":
+                self._lines(step, start, count)
+            return
         first = bytes(parts[0][:100]) if parts else b""
         head = _LINES_HEAD.match(first)
         if head is None or escaped:
             message = json.loads(b"".join(parts))
             if message["type"] == "end":
-                self._send(0x8, (1000).to_bytes(2, "big"))
-                self.done.set_result(self.lines)
+                self._end()
                 return
             if message["type"] != "lines":
                 return
@@ -397,6 +439,13 @@ class LightViewer(asyncio.Protocol):
             step, start = int(head.group(1)), int(head.group(2))
             # Quotes before the array: those of the head's own keys and values.
             count = (quotes - first.count(b'"', 0, head.end()) - 2) // 2
+        self._lines(step, start, count)
+
+    def _end(self) -> None:
+        self._send(0x8, (1000).to_bytes(2, "big"))
+        self.done.set_result(self.lines)
+
+    def _lines(self, step: int, start: int, count: int) -> None:
         if start != self._next_line.get(step, 0):
             raise SystemExit(
                 f"step {step}: a message starts at {start}, not {self._next_line.get(step, 0)}"
@@ -411,12 +460,14 @@ class LightViewer(asyncio.Protocol):
         self._transport.write(bytes([0x80 | opcode, 0x80 | len(payload)]) + mask + masked)
 
 
-async def count_lines_received(url: str, job_id: int, token: str) -> int:
+async def count_lines_received(
+    url: str, job_id: int, token: str, inflated: dict[bytes, Decoded]
+) -> int:
     host = url.removeprefix("http://")
     name, port = host.split(":")
     loop = asyncio.get_running_loop()
     transport, viewer = await loop.create_connection(
-        lambda: LightViewer(f"/jobs/{job_id}/ws?token={token}", host), name, int(port)
+        lambda: LightViewer(f"/jobs/{job_id}/ws?token={token}", host, inflated), name, int(port)
     )
     try:
         return await viewer.done
@@ -427,7 +478,8 @@ async def count_lines_received(url: str, job_id: int, token: str) -> int:
 async def viewers_receive(url: str, job_id: int, token: str, viewers: int) -> list[int]:
     # One viewer still decodes every message in full, as a real client does.
     checked = asyncio.ensure_future(wait_for_end(url, job_id, token))
-    light = [count_lines_received(url, job_id, token) for _ in range(viewers - 1)]
+    inflated: dict[bytes, Decoded] = {}
+    light = [count_lines_received(url, job_id, token, inflated) for _ in range(viewers - 1)]
     counts = await asyncio.gather(*light)
     status, lines = await checked
     if status != "success":

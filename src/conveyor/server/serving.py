@@ -14,6 +14,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from conveyor.server.config import Settings
+from conveyor.server.websocket_protocol import SharedDeflateProtocol
 
 GRACEFUL_SHUTDOWN_SECONDS = 5
 _SECRET_QUERY = re.compile(r"((?:^|[?&])(?:token|access_token)=)[^&\s\"]*", re.IGNORECASE)
@@ -76,7 +77,7 @@ def serve(app: FastAPI, settings: Settings) -> None:
         # Agents long-poll for up to 30 s; they are answered at once on a stop (see
         # `_Server`), so this bounds only slow downloads and log viewers.
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
-        # Per-message compression doubles the cost of each log viewer; lines are small.
-        ws_per_message_deflate=False,
+        # Per-message deflate, with a log message compressed once for all its viewers.
+        ws=SharedDeflateProtocol,
     )
     _Server(config, app).run()

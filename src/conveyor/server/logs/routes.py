@@ -22,7 +22,7 @@ import contextlib
 import json
 import logging
 import re
-from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, WebSocket, WebSocketDisconnect
@@ -37,10 +37,11 @@ from conveyor.server.errors import ConveyorError, InvalidInputError
 from conveyor.server.events import EventBus
 from conveyor.server.logs import service
 from conveyor.server.logs.schemas import LogLines
-from conveyor.server.logs.streams import LogStreams
+from conveyor.server.logs.streams import LinesMessage, LogStreams, Send
 from conveyor.server.users import service as users_service
 from conveyor.server.users.authorization import Actor
 from conveyor.server.users.sessions import SESSION_COOKIE_NAME, SessionSigner
+from conveyor.server.websocket_protocol import PRECOMPRESSED
 
 router = APIRouter(tags=["logs"])
 logger = logging.getLogger("conveyor.server.logs")
@@ -151,7 +152,7 @@ def _checked(websocket: WebSocket, plan: Callable[[Session], Follow]) -> Follow:
         return plan(session)
 
 
-Follow = Callable[[LogStreams, Callable[[str], Awaitable[None]]], Coroutine[Any, Any, None]]
+Follow = Callable[[LogStreams, Send], Coroutine[Any, Any, None]]
 
 
 def _plan_run_stream(
@@ -256,6 +257,22 @@ async def _check_once(websocket: WebSocket, plan: Callable[[], Follow]) -> Follo
     return await asyncio.shield(running)
 
 
+def _sender(websocket: WebSocket) -> Send:
+    async def send(message: str | LinesMessage) -> None:
+        if isinstance(message, str):
+            await websocket.send_text(message)
+        elif message.deflated is None:
+            await websocket.send_text(message.text)
+        else:
+            # The text for connections without compression, and the same message
+            # compressed once for every connection that takes it.
+            await websocket.send(
+                {"type": "websocket.send", "text": message.text, PRECOMPRESSED: message.deflated}
+            )
+
+    return send
+
+
 async def _serve(websocket: WebSocket, plan: Callable[[], Follow]) -> None:
     await websocket.accept()
     try:
@@ -265,7 +282,7 @@ async def _serve(websocket: WebSocket, plan: Callable[[], Follow]) -> None:
             await websocket.send_text(json.dumps({"type": "error", **error.to_body()}))
             await websocket.close(code=4000 + error.status_code, reason=error.code)
         return
-    streaming = asyncio.create_task(follow(_log_streams(websocket), websocket.send_text))
+    streaming = asyncio.create_task(follow(_log_streams(websocket), _sender(websocket)))
     # The client never sends anything that matters, but its close must end the stream
     # at once (a stalled step would otherwise keep its follower alive).
     watching = asyncio.create_task(_until_disconnected(websocket))
