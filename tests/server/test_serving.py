@@ -1,10 +1,17 @@
-"""The access log of `conveyor server`: no tokens in it, and no agent chatter."""
+"""How `conveyor server` serves: no tokens in its access log, no agent chatter, and a
+garbage collector that leaves the start-up heap alone."""
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import logging
+import socket
 
-from conveyor.server.serving import AccessLogFilter, redact_query
+import uvicorn
+from fastapi import FastAPI
+
+from conveyor.server.serving import AccessLogFilter, _Server, redact_query
 
 
 def access_record(path: str, status: int) -> logging.LogRecord:
@@ -50,3 +57,28 @@ class TestAccessLogFilter:
     def test_redaction_leaves_other_parameters_alone(self) -> None:
         assert redact_query("/x?tokens=1&mytoken=2") == "/x?tokens=1&mytoken=2"
         assert redact_query("/x?Token=a&b=c") == "/x?Token=[hidden]&b=c"
+
+
+class TestStartup:
+    def test_what_the_start_made_is_frozen_out_of_the_collector(self) -> None:
+        app = FastAPI()
+        app.state.stopping = asyncio.Event()
+        server = _Server(uvicorn.Config(app, lifespan="off", log_level="warning"), app)
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+
+        async def start_and_stop() -> int:
+            serving = asyncio.create_task(server.serve(sockets=[listener]))
+            while not server.started:  # noqa: ASYNC110 (uvicorn offers no event for it)
+                await asyncio.sleep(0.01)
+            frozen = gc.get_freeze_count()
+            server.should_exit = True
+            await serving
+            return frozen
+
+        gc.unfreeze()
+        try:
+            assert asyncio.run(start_and_stop()) > 10_000
+        finally:
+            gc.unfreeze()  # the rest of the test run collects as usual
+            listener.close()
