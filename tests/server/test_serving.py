@@ -54,6 +54,15 @@ class TestAccessLogFilter:
         assert keep.filter(access_record("/api/v1/agent/jobs/1/finish", 409))
         assert keep.filter(access_record("/api/v1/agents", 200))
 
+    def test_websocket_open_and_close_chatter_is_left_out(self) -> None:
+        def websocket_line(message: str) -> logging.LogRecord:
+            return logging.LogRecord("uvicorn.error", logging.INFO, __file__, 1, message, (), None)
+
+        keep = AccessLogFilter()
+        assert not keep.filter(websocket_line("connection open"))
+        assert not keep.filter(websocket_line("connection closed"))
+        assert keep.filter(websocket_line("Application startup complete."))
+
     def test_redaction_leaves_other_parameters_alone(self) -> None:
         assert redact_query("/x?tokens=1&mytoken=2") == "/x?tokens=1&mytoken=2"
         assert redact_query("/x?Token=a&b=c") == "/x?Token=[hidden]&b=c"

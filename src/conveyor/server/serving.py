@@ -20,6 +20,7 @@ from conveyor.server.websocket_protocol import SharedDeflateProtocol
 GRACEFUL_SHUTDOWN_SECONDS = 5
 _SECRET_QUERY = re.compile(r"((?:^|[?&])(?:token|access_token)=)[^&\s\"]*", re.IGNORECASE)
 _AGENT_PROTOCOL = "/api/v1/agent/"
+_WEBSOCKET_CHATTER = frozenset({"connection open", "connection closed"})
 
 
 def redact_query(text: str) -> str:
@@ -31,9 +32,13 @@ def redact_query(text: str) -> str:
 class AccessLogFilter(logging.Filter):
     """Hides tokens in uvicorn's access and WebSocket lines, and leaves out the agent
     protocol's successful calls (claims, heartbeats, log batches: many per second
-    with busy agents, and nothing a person reads); its failures are kept."""
+    with busy agents, and nothing a person reads); its failures are kept. Leaves out
+    the WebSocket library's "connection open" and "connection closed" too: two lines
+    per log viewer that say neither who nor what (uvicorn's "[accepted]" line does)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg in _WEBSOCKET_CHATTER and not record.args:
+            return False
         args = record.args
         if not isinstance(args, tuple):
             return True
