@@ -170,6 +170,7 @@ class TestWhatAnIdleServerLoads:
     def test_creating_the_app_leaves_them_out(self, tmp_path: Path) -> None:
         script = (
             "import sys\n"
+            "import conveyor.cli.main\n"  # `conveyor server` loads the command line first
             "from conveyor.server.app import create_app\n"
             "from conveyor.server.config import Settings\n"
             f"create_app(Settings(data_dir={str(tmp_path)!r}, agents=0))\n"
@@ -188,5 +189,7 @@ class TestWhatAnIdleServerLoads:
             "croniter",  # schedules
             "sqlalchemy.dialects.postgresql",  # PostgreSQL only
             "alembic",  # migrations run in a child process
+            "smtplib",  # e-mail notifications
+            "ctypes",  # the embedded agent's parent-death signal, in the agent's process
         }
         assert lazy & loaded == set()

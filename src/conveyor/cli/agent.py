@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import logging
 import os
 import signal
@@ -78,6 +77,10 @@ def _exit_with_parent(parent: int) -> None:
     dies, so that a killed server leaves no agent behind. A server that died before
     this point is seen too: the agent's parent is then no longer `parent`."""
     if sys.platform.startswith("linux"):
+        # Imported here: every `conveyor` command imports this module, the server too,
+        # and only an embedded agent calls this.
+        import ctypes
+
         libc = ctypes.CDLL(None, use_errno=True)
         if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
             logging.getLogger("conveyor.agent").warning(

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import smtplib
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -217,6 +216,9 @@ class EmailSender:
                 "e-mail notifications need an SMTP server: set CONVEYOR_SMTP_HOST "
                 "(and CONVEYOR_SMTP_PORT, CONVEYOR_SMTP_FROM)"
             )
+        # Imported here: a server that sends no e-mail never needs it.
+        import smtplib
+
         context = outgoing.context
         message = EmailMessage()
         message["Subject"] = (
