@@ -186,6 +186,15 @@ class ServerSink:
             self._logs[index] = _StepLog(self.spool_dir / f"{index}.log", started_at)
         return self._logs[index]
 
+    def acknowledged(self, index: int) -> int:
+        """The bytes of step `index`'s log that the server has said it stored."""
+        log = self._logs.get(index)
+        return 0 if log is None else log.acknowledged
+
+    def reports_pending(self) -> bool:
+        """Whether step reports are queued or in flight."""
+        return self._reports is not None and not self._reports.done()
+
     async def step_started(self, result: StepResult, step: StepPlan) -> None:
         self._release_held_end()  # the step that ended before this one was not the last
         if self._flusher is None:
