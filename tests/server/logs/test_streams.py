@@ -3,9 +3,13 @@ server, on SQLite and PostgreSQL: backlog, live lines and end, no gap, no duplic
 
 from __future__ import annotations
 
+import base64
 import json
+import os
 import random
+import socket
 import threading
+import zlib
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
@@ -29,6 +33,7 @@ from conveyor.server.models.membership import Role
 from conveyor.server.models.step import Step
 from conveyor.server.runs import state
 from conveyor.server.users import service as users_service
+from conveyor.server.websocket_protocol import deflate
 from tests.server.conftest import add_user, sign_in
 from tests.server.logs.records import add_member, add_run
 
@@ -387,3 +392,68 @@ class TestStreamPermissions:
         )
         assert message["error"]["code"] == "run_not_found"
         assert code == 4404
+
+
+def _inflate(payload: bytes) -> bytes:
+    return zlib.decompressobj(-15).decompress(payload + b"\x00\x00\xff\xff")
+
+
+def _compressed_messages(server_url: str, path: str) -> list[bytes]:
+    """The payloads of a stream's messages as a client asking for permessage-deflate
+    gets them (a bare socket: what is on the wire, not what a library makes of it).
+    Every message must be compressed and final; reads until the end message."""
+    host, port = server_url.removeprefix("http://").split(":")
+    key = base64.b64encode(os.urandom(16)).decode()
+    with socket.create_connection((host, int(port)), timeout=RECEIVE_TIMEOUT) as sock:
+        request = (
+            f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n"
+            "Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+            "Sec-WebSocket-Extensions: permessage-deflate\r\n"
+            f"Sec-WebSocket-Key: {key}\r\n\r\n"
+        )
+        sock.sendall(request.encode())
+        stream = sock.makefile("rb")
+        head = b""
+        while not head.endswith(b"\r\n\r\n"):
+            head += stream.read(1)
+        assert b"server_no_context_takeover" in head, head
+        payloads = []
+        while True:
+            first, second = stream.read(2)
+            length = second & 0x7F
+            if length >= 126:
+                length = int.from_bytes(stream.read(2 if length == 126 else 8), "big")
+            payload = stream.read(length)
+            assert first == 0xC1, "a final, compressed text frame"
+            payloads.append(payload)
+            if json.loads(_inflate(payload))["type"] == "end":
+                return payloads
+
+
+class TestCompressedOnceForAllViewers:
+    def test_lines_messages_are_the_followers_compressed_bytes_for_every_viewer(
+        self,
+        db_session: Session,
+        server_app: FastAPI,
+        server_settings: Settings,
+        server_url: str,
+    ) -> None:
+        records = add_run(db_session)
+        token = _token(db_session)
+        step_id = records.steps[0].id
+        agent = Agentlike(server_app, server_settings, step_id)
+        agent.start()
+        agent.send(_numbered(0, 12_000))
+        agent.finish()
+        path = f"/api/v1/runs/{records.run.id}/logs/ws?step={step_id}&token={token}"
+        first, second = (_compressed_messages(server_url, path) for _ in range(2))
+        lines_payloads = [p for p in first if json.loads(_inflate(p))["type"] == "lines"]
+        assert len(lines_payloads) >= 2
+        # Made by `deflate` once (the connection's own compressor, at another memory
+        # level, would give other bytes), and the same bytes for both viewers.
+        assert all(payload == deflate(_inflate(payload)) for payload in lines_payloads)
+        assert set(lines_payloads) <= set(second)
+        streamed = [
+            line for payload in lines_payloads for line in json.loads(_inflate(payload))["lines"]
+        ]
+        assert streamed == [f"line {i} {'=' * (i % 40)}" for i in range(12_000)]
