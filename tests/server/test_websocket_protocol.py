@@ -1,49 +1,109 @@
-"""The server's WebSocket protocol against real clients (the `websockets` library's) over
-real HTTP: a message compressed once is sent as it is to the connections that took
-per-message deflate with the server's full window and no context takeover, and as its
-text to every other connection."""
+"""The server's WebSocket protocol against real clients (the `websockets` library's, and
+a bare socket for what is on the wire) over real HTTP: the frame writer it puts in each
+connection's scope sends a message compressed once as it is to the connections that
+took per-message deflate with the server's full window and no context takeover, and as
+its text, uncompressed, to every other connection; the ASGI interface works as before."""
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import os
+import socket
 import zlib
 from collections.abc import Iterator
 
 import pytest
 from fastapi import FastAPI, WebSocket
+from uvicorn.protocols.utils import ClientDisconnected
 from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory
 from websockets.sync.client import connect
 
-from conveyor.server.websocket_protocol import PRECOMPRESSED, deflate, frame_head
+from conveyor.server.websocket_protocol import FRAME_WRITER, FrameWriter, deflate, frame_head
 from tests.fixtures.servers import serve
 
 TEXT = '{"type": "lines", "lines": ["the text"]}'
 OTHER = '{"type": "lines", "lines": ["the precompressed bytes"]}'
 """What the test app hands over as the compressed form of TEXT: deliberately another
 message, so that a client shows which of the two the server sent."""
+PLAIN = "a message without a compressed form " * 20
+THROUGH_ASGI = "a message sent through ASGI " * 20
 
 
-def _app() -> FastAPI:
+def _app(after_close: list[str]) -> FastAPI:
     app = FastAPI()
 
     @app.websocket("/ws")
     async def both_forms(websocket: WebSocket) -> None:
         await websocket.accept()
-        await websocket.send(
-            {"type": "websocket.send", "text": TEXT, PRECOMPRESSED: deflate(OTHER.encode())}
-        )
-        await websocket.send_text("a plain message " * 100)
-        await websocket.close()
+        writer: FrameWriter = websocket.scope["extensions"][FRAME_WRITER]
+        await writer["write_text"](TEXT, deflate(OTHER.encode()))
+        await writer["write_text"](PLAIN, None)
+        await websocket.send_text(THROUGH_ASGI)
+        # Then wait for the client to go, and write again.
+        message = await websocket.receive()
+        assert message["type"] == "websocket.disconnect"
+        for _ in range(100):
+            try:
+                await writer["write_text"](PLAIN, None)
+            except ClientDisconnected:
+                after_close.append("ClientDisconnected")
+                return
+            await asyncio.sleep(0.01)
+        after_close.append("wrote to a closed connection")
 
     return app
 
 
 @pytest.fixture(scope="module")
-def ws_url() -> Iterator[str]:
-    with serve(_app()) as url:
-        yield "ws" + url.removeprefix("http") + "/ws"
+def after_close() -> list[str]:
+    return []
 
 
-class TestSharedDeflateProtocol:
+@pytest.fixture(scope="module")
+def base_url(after_close: list[str]) -> Iterator[str]:
+    with serve(_app(after_close)) as url:
+        yield url
+
+
+@pytest.fixture
+def ws_url(base_url: str) -> str:
+    return "ws" + base_url.removeprefix("http") + "/ws"
+
+
+def _frames_on_the_wire(base_url: str, count: int) -> list[tuple[int, bytes]]:
+    """The first byte and payload of the first `count` frames a client asking for
+    permessage-deflate gets (a bare socket)."""
+    host, port = base_url.removeprefix("http://").split(":")
+    key = base64.b64encode(os.urandom(16)).decode()
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(
+            (
+                f"GET /ws HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n"
+                "Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+                "Sec-WebSocket-Extensions: permessage-deflate\r\n"
+                f"Sec-WebSocket-Key: {key}\r\n\r\n"
+            ).encode()
+        )
+        stream = sock.makefile("rb")
+        head = b""
+        while not head.endswith(b"\r\n\r\n"):
+            head += stream.read(1)
+        frames = []
+        for _ in range(count):
+            first, second = stream.read(2)
+            length = second & 0x7F
+            if length >= 126:
+                length = int.from_bytes(stream.read(2 if length == 126 else 8), "big")
+            frames.append((first, stream.read(length)))
+        return frames
+
+
+def _inflate(payload: bytes) -> bytes:
+    return zlib.decompressobj(-15).decompress(payload + b"\x00\x00\xff\xff")
+
+
+class TestFrameWriter:
     def test_client_taking_deflate_gets_the_precompressed_bytes_as_they_are(
         self, ws_url: str
     ) -> None:
@@ -52,18 +112,27 @@ class TestSharedDeflateProtocol:
                 connection.response.headers["Sec-WebSocket-Extensions"]
             )
             assert connection.recv(timeout=10) == OTHER
-            # Messages without a compressed form are compressed by the connection.
-            assert connection.recv(timeout=10) == "a plain message " * 100
+            assert connection.recv(timeout=10) == PLAIN
+            assert connection.recv(timeout=10) == THROUGH_ASGI
+
+    def test_on_the_wire_shared_bytes_compressed_plain_text_not_asgi_compressed(
+        self, base_url: str
+    ) -> None:
+        (first, shared), (second, plain), (third, through_asgi) = _frames_on_the_wire(base_url, 3)
+        assert (first, shared) == (0xC1, deflate(OTHER.encode()))  # FIN, RSV1, text
+        assert (second, plain) == (0x81, PLAIN.encode())  # FIN, text: as it is
+        # Through ASGI, the library compresses for the connection.
+        assert third == 0xC1
+        assert _inflate(through_asgi) == THROUGH_ASGI.encode()
 
     def test_client_without_compression_gets_the_text(self, ws_url: str) -> None:
         with connect(ws_url, compression=None) as connection:
             assert "Sec-WebSocket-Extensions" not in connection.response.headers
             assert connection.recv(timeout=10) == TEXT
-            assert connection.recv(timeout=10) == "a plain message " * 100
+            assert connection.recv(timeout=10) == PLAIN
+            assert connection.recv(timeout=10) == THROUGH_ASGI
 
-    def test_client_asking_a_smaller_server_window_gets_the_text_compressed_for_it(
-        self, ws_url: str
-    ) -> None:
+    def test_client_asking_a_smaller_server_window_gets_the_text(self, ws_url: str) -> None:
         # The shared bytes were made with a 15-bit window: not right for this client.
         smaller = ClientPerMessageDeflateFactory(server_max_window_bits=10)
         with connect(ws_url, compression=None, extensions=[smaller]) as connection:
@@ -71,6 +140,20 @@ class TestSharedDeflateProtocol:
                 connection.response.headers["Sec-WebSocket-Extensions"]
             )
             assert connection.recv(timeout=10) == TEXT
+            assert connection.recv(timeout=10) == PLAIN
+
+    def test_writing_after_the_client_left_raises_client_disconnected(
+        self, ws_url: str, after_close: list[str]
+    ) -> None:
+        after_close.clear()
+        with connect(ws_url) as connection:
+            for _ in range(3):
+                connection.recv(timeout=10)
+        for _ in range(500):
+            if after_close:
+                break
+            asyncio.run(asyncio.sleep(0.01))
+        assert after_close == ["ClientDisconnected"]
 
 
 class TestDeflate:
@@ -78,8 +161,7 @@ class TestDeflate:
         text = "".join(f"line {i} of the log\n" for i in range(10_000)).encode()
         payload = deflate(text)
         assert len(payload) < len(text) // 5
-        inflater = zlib.decompressobj(-15)
-        assert inflater.decompress(payload + b"\x00\x00\xff\xff") == text
+        assert _inflate(payload) == text
 
 
 class TestFrameHead:
@@ -97,3 +179,6 @@ class TestFrameHead:
         self, length: int, head: bytes
     ) -> None:
         assert frame_head(length) == head
+
+    def test_uncompressed_frame_has_rsv1_clear(self) -> None:
+        assert frame_head(300, compressed=False) == b"\x81\x7e\x01\x2c"

@@ -187,6 +187,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(StarletteHTTPException, _render_http_error)
     app.add_exception_handler(Exception, _render_unexpected_error)
 
+    # Before every other route: see `logs_routes.websocket_routes`.
+    app.router.routes[:0] = logs_routes.websocket_routes
     app.include_router(health.router)
     app.include_router(metrics.router)
     app.include_router(users_routes.router)

@@ -6,12 +6,16 @@ message once per connection (what a WebSocket library does) costs as many compre
 as viewers; sending it uncompressed costs as many full copies through the kernel. Here
 the server negotiates `server_no_context_takeover` and its full 15-bit window, so a
 message it sends is compressed alone, with nothing of the messages before it: the same
-compressed bytes are right for every connection that negotiated so. The sender
-compresses a message once (`deflate`) and hands it over with the text, in the ASGI
-message under `PRECOMPRESSED`; a connection that took the extension writes those bytes
-as the frame's payload, any other (no compression, a smaller window asked by the
-client, another ASGI server) sends the text as usual. Messages without it are
-compressed per connection by the library, as before.
+compressed bytes are right for every connection that negotiated so.
+
+Each connection puts a `FrameWriter` in its scope's `extensions` (under `FRAME_WRITER`):
+the log streams send through it, straight to the transport, a message's text and its
+compressed form (`deflate`, made once by the sender); a connection that took the
+extension writes the compressed bytes as the frame's payload, any other (no
+compression, a smaller window asked by the client) the text as it is, uncompressed.
+Everything else (the handshake, other applications' messages, the close) goes through
+the ASGI interface as usual, compressed per connection by the library. Under another
+ASGI server there is no writer, and the streams send their text through ASGI.
 """
 
 from __future__ import annotations
@@ -19,10 +23,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import zlib
-from collections.abc import Mapping
-from typing import Any, cast
+from collections.abc import Awaitable, Callable
+from typing import Any, TypedDict, cast
 
-from uvicorn._types import ASGISendEvent
 from uvicorn.config import Config
 from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
@@ -31,11 +34,19 @@ from websockets.extensions.permessage_deflate import (
     PerMessageDeflate,
     ServerPerMessageDeflateFactory,
 )
+from websockets.http11 import Request
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
-PRECOMPRESSED = "conveyor.deflated"
-"""Key of an ASGI `websocket.send` message: its text, compressed by `deflate`."""
+FRAME_WRITER = "conveyor.frame_writer"
+"""Key, in a WebSocket scope's `extensions`, of the connection's `FrameWriter`."""
+
+
+class FrameWriter(TypedDict):
+    write_text: Callable[[str, bytes | None], Awaitable[None]]
+    """`write_text(text, deflate(text) or None)`: see `SharedDeflateProtocol.write_text`."""
+
+
 WINDOW_BITS = 15
 LEVEL = 1
 """Log text compresses about 8x at level 1 for half the CPU of the default level."""
@@ -50,9 +61,11 @@ def deflate(text: bytes) -> bytes:
     return data[: -len(_SYNC_TAIL)]
 
 
-def frame_head(length: int) -> bytes:
-    """The header of a server's (unmasked) final text frame of a compressed message."""
-    first = 0x80 | 0x40 | 0x1  # FIN, RSV1 (compressed), text
+def frame_head(length: int, *, compressed: bool = True) -> bytes:
+    """The header of a server's (unmasked) final text frame: of a compressed message
+    (RSV1 set), or of one sent as it is (RFC 7692 section 6: allowed on a connection
+    that negotiated compression)."""
+    first = 0x80 | (0x40 if compressed else 0) | 0x1  # FIN, RSV1, text
     if length < 126:
         return bytes((first, length))
     if length < 1 << 16:
@@ -62,7 +75,7 @@ def frame_head(length: int) -> bytes:
 
 class SharedDeflateProtocol(WebSocketsSansIOProtocol):
     """uvicorn's sans-I/O WebSocket protocol, offering per-message deflate with
-    `server_no_context_takeover` and writing `PRECOMPRESSED` payloads as they are."""
+    `server_no_context_takeover`, and a `FrameWriter` in each connection's scope."""
 
     def __init__(
         self,
@@ -98,19 +111,26 @@ class SharedDeflateProtocol(WebSocketsSansIOProtocol):
             )
         return self._takes_shared
 
-    async def send(self, message: ASGISendEvent) -> None:
-        payload = cast(Mapping[str, Any], message).get(PRECOMPRESSED)
-        if (
-            payload is None
-            or message["type"] != "websocket.send"
-            or not self.handshake_complete
-            or self.close_sent
-            or self.initial_response is not None
-            or not self._shared_deflate()
-        ):
-            await super().send(message)
-            return
-        await self.writable.wait()
-        if self.disconnected or self.conn.state is not State.OPEN:
+    def handle_connect(self, event: Request) -> None:
+        super().handle_connect(event)
+        if self.handshake_complete:
+            return  # refused by the handshake: no application runs
+        # The application task is scheduled, not started: it sees the writer.
+        writer: FrameWriter = {"write_text": self.write_text}
+        extensions = cast("dict[str, Any]", self.scope["extensions"])
+        extensions[FRAME_WRITER] = writer
+
+    async def write_text(self, text: str, deflated: bytes | None = None) -> None:
+        """Send one text message straight to the connection, past the ASGI layers (a
+        log stream sends many, each costing a few coroutines and copies there): as
+        `deflated` (`deflate(text)`) where this connection takes it, else as it is.
+        Raises `ClientDisconnected` once the connection is closing."""
+        if not self.writable.is_set():
+            await self.writable.wait()
+        if self.disconnected or self.close_sent or self.conn.state is not State.OPEN:
             raise ClientDisconnected()
-        self.transport.writelines((frame_head(len(payload)), payload))
+        if deflated is not None and self._shared_deflate():
+            self.transport.writelines((frame_head(len(deflated)), deflated))
+        else:
+            data = text.encode()
+            self.transport.writelines((frame_head(len(data), compressed=False), data))

@@ -23,6 +23,7 @@ from websockets.sync.client import ClientConnection, connect
 
 from conveyor.logstore import LineTimes
 from conveyor.protocol.status import Status
+from conveyor.server.app import create_app
 from conveyor.server.config import Settings
 from conveyor.server.db import dialect
 from conveyor.server.db.base import utcnow
@@ -34,6 +35,7 @@ from conveyor.server.models.step import Step
 from conveyor.server.runs import state
 from conveyor.server.users import service as users_service
 from conveyor.server.websocket_protocol import deflate
+from tests.fixtures.servers import serve
 from tests.server.conftest import add_user, sign_in
 from tests.server.logs.records import add_member, add_run
 
@@ -393,15 +395,41 @@ class TestStreamPermissions:
         assert message["error"]["code"] == "run_not_found"
         assert code == 4404
 
+    @pytest.mark.parametrize(
+        ("path", "name", "where"),
+        [
+            ("/jobs/{job}/ws?offset=-1", "offset", "query"),
+            ("/jobs/{job}/ws?index=first", "index", "query"),
+            ("/jobs/{job}/ws?offset=99999999999", "offset", "query"),
+            ("/jobs/seven/ws", "job_id", "path"),
+            ("/api/v1/runs/{run}/logs/ws?job={job}&offset=1.5", "offset", "query"),
+            ("/api/v1/runs/{run}/logs/ws?step=%20", "step", "query"),
+            ("/api/v1/runs/x1/logs/ws?step=1", "run_id", "path"),
+        ],
+    )
+    def test_bad_parameter_is_refused_with_4422_naming_it(
+        self, db_session: Session, server_url: str, path: str, name: str, where: str
+    ) -> None:
+        records = add_run(db_session)
+        token = _token(db_session)
+        target = path.format(job=records.job.id, run=records.run.id)
+        separator = "&" if "?" in target else "?"
+        message, code = self._refusal(_ws_url(server_url, f"{target}{separator}token={token}"))
+        assert message["error"]["code"] == "invalid_input"
+        assert f"{where} parameter {name} must be a whole number" in message["error"]["message"]
+        assert message["error"]["detail"]["loc"] == [where, name]
+        assert code == 4422
+
 
 def _inflate(payload: bytes) -> bytes:
     return zlib.decompressobj(-15).decompress(payload + b"\x00\x00\xff\xff")
 
 
-def _compressed_messages(server_url: str, path: str) -> list[bytes]:
+def _compressed_messages(server_url: str, path: str) -> list[tuple[bool, bytes]]:
     """The payloads of a stream's messages as a client asking for permessage-deflate
-    gets them (a bare socket: what is on the wire, not what a library makes of it).
-    Every message must be compressed and final; reads until the end message."""
+    gets them (a bare socket: what is on the wire, not what a library makes of it),
+    each with whether it is compressed. Every message must be final; reads until the
+    end message."""
     host, port = server_url.removeprefix("http://").split(":")
     key = base64.b64encode(os.urandom(16)).decode()
     with socket.create_connection((host, int(port)), timeout=RECEIVE_TIMEOUT) as sock:
@@ -424,9 +452,11 @@ def _compressed_messages(server_url: str, path: str) -> list[bytes]:
             if length >= 126:
                 length = int.from_bytes(stream.read(2 if length == 126 else 8), "big")
             payload = stream.read(length)
-            assert first == 0xC1, "a final, compressed text frame"
-            payloads.append(payload)
-            if json.loads(_inflate(payload))["type"] == "end":
+            # A final text frame: compressed (RSV1) or sent as it is.
+            assert first in (0xC1, 0x81), hex(first)
+            compressed = first == 0xC1
+            payloads.append((compressed, payload))
+            if json.loads(_inflate(payload) if compressed else payload)["type"] == "end":
                 return payloads
 
 
@@ -447,13 +477,43 @@ class TestCompressedOnceForAllViewers:
         agent.finish()
         path = f"/api/v1/runs/{records.run.id}/logs/ws?step={step_id}&token={token}"
         first, second = (_compressed_messages(server_url, path) for _ in range(2))
-        lines_payloads = [p for p in first if json.loads(_inflate(p))["type"] == "lines"]
+        texts = [_inflate(payload) if compressed else payload for compressed, payload in first]
+        assert [json.loads(text)["type"] for text in texts][-1] == "end"
+        lines_payloads = [
+            payload
+            for (compressed, payload), text in zip(first, texts, strict=True)
+            if json.loads(text)["type"] == "lines"
+        ]
         assert len(lines_payloads) >= 2
+        assert all(compressed for compressed, payload in first if payload in lines_payloads)
         # Made by `deflate` once (the connection's own compressor, at another memory
         # level, would give other bytes), and the same bytes for both viewers.
         assert all(payload == deflate(_inflate(payload)) for payload in lines_payloads)
-        assert set(lines_payloads) <= set(second)
+        assert set(lines_payloads) <= {payload for _, payload in second}
         streamed = [
             line for payload in lines_payloads for line in json.loads(_inflate(payload))["lines"]
         ]
         assert streamed == [f"line {i} {'=' * (i % 40)}" for i in range(12_000)]
+
+
+class TestUnderAnotherWebSocketProtocol:
+    def test_streams_send_text_through_asgi_without_the_frame_writer(
+        self, db_session: Session, server_app: FastAPI, server_settings: Settings
+    ) -> None:
+        # uvicorn's own protocol puts no frame writer in the scope: the stream sends
+        # its messages as text through ASGI (compressed per connection by the library).
+        records = add_run(db_session)
+        token = _token(db_session)
+        step_id = records.steps[0].id
+        agent = Agentlike(server_app, server_settings, step_id)
+        agent.start()
+        agent.send(_numbered(0, 7_000))
+        agent.finish()
+        with serve(create_app(server_settings), ws="websockets-sansio") as url:
+            path = f"/api/v1/runs/{records.run.id}/logs/ws?step={step_id}&token={token}"
+            with connect(_ws_url(url, path)) as connection:
+                messages = _receive_all(connection)
+        assert _lines_of(messages, step_id, 0) == [
+            f"line {i} {'=' * (i % 40)}" for i in range(7_000)
+        ]
+        assert messages[-1] == {"type": "end", "status": "success"}

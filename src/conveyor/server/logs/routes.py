@@ -29,6 +29,8 @@ from fastapi import APIRouter, Query, WebSocket, WebSocketDisconnect
 from fastapi.responses import StreamingResponse
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
+from starlette.routing import WebSocketRoute
+from uvicorn.protocols.utils import ClientDisconnected
 
 from conveyor.server.config import Settings
 from conveyor.server.db import dialect
@@ -41,7 +43,7 @@ from conveyor.server.logs.streams import LinesMessage, LogStreams, Send
 from conveyor.server.users import service as users_service
 from conveyor.server.users.authorization import Actor
 from conveyor.server.users.sessions import SESSION_COOKIE_NAME, SessionSigner
-from conveyor.server.websocket_protocol import PRECOMPRESSED
+from conveyor.server.websocket_protocol import FRAME_WRITER, FrameWriter
 
 router = APIRouter(tags=["logs"])
 logger = logging.getLogger("conveyor.server.logs")
@@ -258,17 +260,26 @@ async def _check_once(websocket: WebSocket, plan: Callable[[], Follow]) -> Follo
 
 
 def _sender(websocket: WebSocket) -> Send:
+    """Sends a stream's messages: straight to the connection where the server offers it
+    (`websocket_protocol`; the compressed form of a lines message for every connection
+    that takes it), else through ASGI as text."""
+    writer: FrameWriter | None = websocket.scope.get("extensions", {}).get(FRAME_WRITER)
+    if writer is None:
+
+        async def send_text(message: str | LinesMessage) -> None:
+            await websocket.send_text(message if isinstance(message, str) else message.text)
+
+        return send_text
+    write_text = writer["write_text"]
+
     async def send(message: str | LinesMessage) -> None:
-        if isinstance(message, str):
-            await websocket.send_text(message)
-        elif message.deflated is None:
-            await websocket.send_text(message.text)
-        else:
-            # The text for connections without compression, and the same message
-            # compressed once for every connection that takes it.
-            await websocket.send(
-                {"type": "websocket.send", "text": message.text, PRECOMPRESSED: message.deflated}
-            )
+        try:
+            if isinstance(message, str):
+                await write_text(message, None)
+            else:
+                await write_text(message.text, message.deflated)
+        except ClientDisconnected as gone:
+            raise WebSocketDisconnect(1006) from gone
 
     return send
 
@@ -303,17 +314,43 @@ async def _serve(websocket: WebSocket, plan: Callable[[], Follow]) -> None:
         await websocket.close(code=1000 if failure is None else 1011)
 
 
-@router.websocket("/api/v1/runs/{run_id}/logs/ws")
-async def follow_run_logs(
-    websocket: WebSocket,
-    run_id: int,
-    step: int | None = None,
-    job: int | None = None,
-    index: int | None = None,
-    offset: Annotated[int, Query(ge=0)] = 0,
-) -> None:
+_LARGEST = 2**31 - 1
+"""The largest id or line number there can be (a database integer)."""
+
+
+def _whole_number(websocket: WebSocket, name: str, default: int | None) -> int | None:
+    """A path or query parameter that must be a whole number >= 0."""
+    raw = websocket.path_params.get(name, websocket.query_params.get(name))
+    if raw is None or raw == "":
+        return default
+    if raw.isascii() and raw.isdigit() and int(raw) <= _LARGEST:
+        return int(raw)
+    where = "path" if name in websocket.path_params else "query"
+    raise InvalidInputError(
+        f"the {where} parameter {name} must be a whole number >= 0, not {raw!r}",
+        detail={"loc": [where, name], "value": raw},
+    )
+
+
+def _refused(error: ConveyorError) -> Callable[[], Follow]:
+    def plan() -> Follow:
+        raise error
+
+    return plan
+
+
+async def follow_run_logs(websocket: WebSocket) -> None:
     """Follow one step (`step`, or `job` + `index`) or a whole job (`job`) from line
     `offset`: the backlog, then live lines, then the end."""
+    try:
+        run_id = _whole_number(websocket, "run_id", 0) or 0
+        step = _whole_number(websocket, "step", None)
+        job = _whole_number(websocket, "job", None)
+        index = _whole_number(websocket, "index", None)
+        offset = _whole_number(websocket, "offset", 0) or 0
+    except InvalidInputError as error:
+        await _serve(websocket, _refused(error))
+        return
     await _serve(
         websocket,
         lambda: _checked(
@@ -323,17 +360,29 @@ async def follow_run_logs(
     )
 
 
-@router.websocket("/jobs/{job_id}/ws")
-async def follow_job_logs(
-    websocket: WebSocket,
-    job_id: int,
-    index: Annotated[int, Query(ge=0)] = 0,
-    offset: Annotated[int, Query(ge=0)] = 0,
-) -> None:
+async def follow_job_logs(websocket: WebSocket) -> None:
     """Every step of a job in order (the cicd service's path)."""
+    try:
+        job_id = _whole_number(websocket, "job_id", 0) or 0
+        index = _whole_number(websocket, "index", 0) or 0
+        offset = _whole_number(websocket, "offset", 0) or 0
+    except InvalidInputError as error:
+        await _serve(websocket, _refused(error))
+        return
     await _serve(
         websocket,
         lambda: _checked(
             websocket, lambda session: _plan_job_stream(websocket, session, job_id, index, offset)
         ),
     )
+
+
+websocket_routes = [
+    WebSocketRoute("/api/v1/runs/{run_id}/logs/ws", follow_run_logs),
+    WebSocketRoute("/jobs/{job_id}/ws", follow_job_logs),
+]
+"""The log streams, as plain Starlette routes that `app.create_app` puts first: a
+hundred viewers opening a job cost a hundred routings and parameter checks, and
+FastAPI's (dependency solving, every included router matched twice) cost several
+times these. A bad parameter is refused like anything else: the error message, then
+close code 4422."""
