@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 import os
 import socket
 import zlib
@@ -154,6 +155,36 @@ class TestFrameWriter:
                 break
             asyncio.run(asyncio.sleep(0.01))
         assert after_close == ["ClientDisconnected"]
+
+
+class TestLogLines:
+    def test_accepted_line_is_at_debug_level_and_the_library_says_nothing(
+        self, ws_url: str
+    ) -> None:
+        records: list[logging.LogRecord] = []
+        handler = logging.Handler()
+        handler.emit = records.append  # type: ignore[method-assign]
+        loggers = [logging.getLogger("uvicorn.error"), logging.getLogger("conveyor.websocket")]
+        levels = [logger.level for logger in loggers]
+        for logger in loggers:
+            logger.addHandler(handler)
+        try:
+            loggers[0].setLevel(logging.INFO)
+            with connect(ws_url + "?token=abc") as connection:
+                connection.recv(timeout=10)
+            loggers[0].setLevel(logging.DEBUG)
+            with connect(ws_url + "?token=def") as connection:
+                connection.recv(timeout=10)
+        finally:
+            for logger, level in zip(loggers, levels, strict=True):
+                logger.removeHandler(handler)
+                logger.setLevel(level)
+        lines = [(record.levelno, record.getMessage()) for record in records]
+        accepted = [(level, text) for level, text in lines if "[accepted]" in text]
+        assert len(accepted) == 1
+        assert accepted[0][0] == logging.DEBUG
+        assert accepted[0][1].endswith(' - "WebSocket /ws?token=def" [accepted]')
+        assert not [text for _, text in lines if text in ("connection open", "connection closed")]
 
 
 class TestDeflate:
