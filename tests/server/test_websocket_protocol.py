@@ -13,14 +13,23 @@ import os
 import socket
 import zlib
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from fastapi import FastAPI, WebSocket
+from starlette.routing import WebSocketRoute
 from uvicorn.protocols.utils import ClientDisconnected
+from websockets.exceptions import InvalidStatus
 from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory
 from websockets.sync.client import connect
 
-from conveyor.server.websocket_protocol import FRAME_WRITER, FrameWriter, deflate, frame_head
+from conveyor.server.websocket_protocol import (
+    FRAME_WRITER,
+    FrameWriter,
+    SharedDeflateProtocol,
+    deflate,
+    frame_head,
+)
 from tests.fixtures.servers import serve
 
 TEXT = '{"type": "lines", "lines": ["the text"]}'
@@ -213,3 +222,45 @@ class TestFrameHead:
 
     def test_uncompressed_frame_has_rsv1_clear(self) -> None:
         assert frame_head(300, compressed=False) == b"\x81\x7e\x01\x2c"
+
+
+class TestRoutingDirectly:
+    def test_a_direct_route_skips_the_middleware_and_others_do_not(self) -> None:
+        passed: list[str] = []
+
+        async def direct(websocket: WebSocket) -> None:
+            await websocket.accept()
+            # The same scope as through the application: its app and path parameters.
+            assert websocket.app is app
+            await websocket.send_text(f"direct {websocket.path_params['name']}")
+            await websocket.close()
+
+        route = WebSocketRoute("/direct/{name}", direct)
+        app = FastAPI()
+        app.router.routes.append(route)
+
+        @app.websocket("/routed")
+        async def routed(websocket: WebSocket) -> None:
+            await websocket.accept()
+            await websocket.send_text("routed")
+            await websocket.close()
+
+        def recording(inner: Any) -> Any:
+            async def middleware(scope: Any, receive: Any, send: Any) -> None:
+                if scope["type"] == "websocket":
+                    passed.append(scope["path"])
+                await inner(scope, receive, send)
+
+            return middleware
+
+        app.add_middleware(recording)
+        protocol = SharedDeflateProtocol.routing_directly(app, [route])
+        with serve(app, ws=protocol) as url:
+            base = "ws" + url.removeprefix("http")
+            with connect(base + "/direct/ada") as connection:
+                assert connection.recv(timeout=10) == "direct ada"
+            with connect(base + "/routed") as connection:
+                assert connection.recv(timeout=10) == "routed"
+            with pytest.raises(InvalidStatus):  # not the route's: refused by the app
+                connect(base + "/direct/ada/more")
+        assert passed == ["/routed", "/direct/ada/more"]

@@ -15,6 +15,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from conveyor.server.config import Settings
+from conveyor.server.logs import routes as logs_routes
 from conveyor.server.websocket_protocol import SharedDeflateProtocol
 
 GRACEFUL_SHUTDOWN_SECONDS = 5
@@ -79,6 +80,14 @@ class _Server(uvicorn.Server):
         super().handle_exit(sig, frame)
 
 
+def websocket_protocol(app: FastAPI) -> type[SharedDeflateProtocol]:
+    """The WebSocket protocol to serve `app` with: per-message deflate, with a log
+    message compressed once for all its viewers, and the log streams' routes (those
+    `app` has) taken straight to them."""
+    direct = [route for route in logs_routes.websocket_routes if route in app.router.routes]
+    return SharedDeflateProtocol.routing_directly(app, direct)
+
+
 def serve(app: FastAPI, settings: Settings) -> None:
     access_filter = AccessLogFilter()
     for name in ("uvicorn.access", "uvicorn.error"):
@@ -91,7 +100,6 @@ def serve(app: FastAPI, settings: Settings) -> None:
         # Agents long-poll for up to 30 s; they are answered at once on a stop (see
         # `_Server`), so this bounds only slow downloads and log viewers.
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
-        # Per-message deflate, with a log message compressed once for all its viewers.
-        ws=SharedDeflateProtocol,
+        ws=websocket_protocol(app),
     )
     _Server(config, app).run()

@@ -23,10 +23,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import zlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypedDict, cast
 
-from uvicorn._types import ASGISendEvent, WebSocketAcceptEvent
+from starlette.applications import Starlette
+from starlette.routing import Match, WebSocketRoute
+from uvicorn._types import ASGI3Application, ASGISendEvent, WebSocketAcceptEvent
 from uvicorn.config import Config
 from uvicorn.protocols.utils import (
     ClientDisconnected,
@@ -93,6 +95,20 @@ _QUIET.setLevel(logging.WARNING)
 class SharedDeflateProtocol(WebSocketsSansIOProtocol):
     """uvicorn's sans-I/O WebSocket protocol, offering per-message deflate with
     `server_no_context_takeover`, and a `FrameWriter` in each connection's scope."""
+
+    direct_app: Starlette | None = None
+    direct_routes: tuple[WebSocketRoute, ...] = ()
+
+    @classmethod
+    def routing_directly(
+        cls, app: Starlette, routes: Sequence[WebSocketRoute]
+    ) -> type[SharedDeflateProtocol]:
+        """This protocol, handing the connections that one of `routes` (routes of
+        `app`) takes straight to that route, past `app`'s middleware and routing: a
+        hundred viewers opening a log at once spend a tenth less of the server's time.
+        The routes see the same scope (`app`, path parameters) as through `app`."""
+        name = f"Direct{cls.__name__}"
+        return type(name, (cls,), {"direct_app": app, "direct_routes": tuple(routes)})
 
     def __init__(
         self,
@@ -167,6 +183,18 @@ class SharedDeflateProtocol(WebSocketsSansIOProtocol):
         writer: FrameWriter = {"write_text": self.write_text}
         extensions = cast("dict[str, Any]", self.scope["extensions"])
         extensions[FRAME_WRITER] = writer
+        if self.direct_routes:
+            self._route_directly()
+
+    def _route_directly(self) -> None:
+        scope = cast("dict[str, Any]", self.scope)
+        for route in self.direct_routes:
+            match, child_scope = route.matches(scope)
+            if match is Match.FULL:
+                scope.update(child_scope)
+                scope["app"] = self.direct_app
+                self.app = cast("ASGI3Application", route.handle)
+                return
 
     async def write_text(self, text: str, deflated: bytes | None = None) -> None:
         """Send one text message straight to the connection, past the ASGI layers (a

@@ -59,7 +59,7 @@ from conveyor.agent.masking import Masker
 from conveyor.logstore import TimeRun, read_time_runs
 from conveyor.protocol.status import Status
 from conveyor.server.config import Settings
-from conveyor.server.events import OVERFLOW, EventBus
+from conveyor.server.events import OVERFLOW, Event, EventBus, Subscription
 from conveyor.server.logs import repository, service
 from conveyor.server.logs.paths import log_attempt, step_log_path
 from conveyor.server.logs.service import mask_lines, read_stored_lines, split_lines
@@ -67,7 +67,7 @@ from conveyor.server.models.job import Job
 from conveyor.server.models.step import Step
 from conveyor.server.websocket_protocol import deflate
 
-LINES_PER_MESSAGE = 5_000
+LINES_PER_MESSAGE = 20_000
 BYTES_PER_MESSAGE = 256 * 1024
 READ_BYTES = 4 * 1024 * 1024
 """About the most a follower reads (and holds) per round; it reads on until caught up."""
@@ -86,7 +86,8 @@ MAX_REMEMBERED_STEP_IDS = 4_096
 COALESCE_SECONDS = 0.02
 """How long a woken follower waits for more appends before it reads: a step printing
 fast sends a batch every few ms, and one read of several batches is one message per
-viewer instead of several (each send costs per viewer); a live line is this late."""
+viewer instead of several (each send costs per viewer); a live line is this late
+(the step's end is not: a status change ends the wait)."""
 
 
 @dataclass(frozen=True)
@@ -175,16 +176,21 @@ def split_runs(runs: list[TimeRun], count: int) -> tuple[list[TimeRun], list[Tim
     return head, []
 
 
+def _masked(data: bytes, masker: Masker) -> bytes:
+    """Stored bytes with the secrets masked, line for line."""
+    masked = masker.mask(data)
+    if masked is not data and masked.count(b"\n") != data.count(b"\n"):
+        masked = b"".join(mask_lines(split_lines(data), masker))
+    return masked
+
+
 def text_lines(data: bytes, masker: Masker) -> list[str]:
     """Stored bytes (whole lines, the last one possibly unterminated) as masked text
     lines, each as `service.line_text` gives it; one pass over the bytes, not one per
     line."""
-    masked = masker.mask(data)
-    if masked is not data and masked.count(b"\n") != data.count(b"\n"):
-        masked = b"".join(mask_lines(split_lines(data), masker))
     # b"\n" is never part of a multi-byte sequence, so decoding the whole at once
     # replaces bad UTF-8 exactly as decoding each line would.
-    text = masked.decode("utf-8", "replace")
+    text = _masked(data, masker).decode("utf-8", "replace")
     lines = text.split("\n")
     unterminated = lines.pop()  # "" when the data ends with a newline
     if "\r" in text:
@@ -192,6 +198,36 @@ def text_lines(data: bytes, masker: Masker) -> list[str]:
     if unterminated:
         lines.append(unterminated)
     return lines
+
+
+NO_SECRETS = Masker({})
+
+
+_PLAIN_BYTES = bytes(
+    [*range(0x20, 0x7F), ord("\n"), ord("\t"), 0x1B]  # printable ASCII, newline, tab, escape
+).translate(None, b'"\\')
+"""Bytes a JSON string holds as they are, and a tab and an escape (ANSI colours),
+which it holds escaped as `lines_json` escapes them: not a quote, a backslash, another
+control byte, or anything not ASCII."""
+
+
+def lines_json(data: bytes) -> tuple[str, int] | None:
+    """The lines of `data` (masked stored bytes: whole lines, the last one possibly
+    unterminated) as a JSON array, the same lines as `text_lines`, and their count;
+    made without a str per line (the most of a lines message's cost) when nothing
+    in `data` needs more escaping than a tab or an escape byte. None otherwise."""
+    if data.translate(None, _PLAIN_BYTES):
+        return None  # some byte is not plain
+    text = data.decode("ascii")
+    if text.endswith("\n"):
+        text = text[:-1]
+    elif not text:
+        return "[]", 0
+    if "\t" in text:
+        text = text.replace("\t", "\\t")
+    if "\x1b" in text:
+        text = text.replace("\x1b", "\\u001b")
+    return '["' + text.replace("\n", '", "') + '"]', text.count("\n") + 1
 
 
 def pieces(data: bytes) -> list[bytes]:
@@ -226,10 +262,23 @@ def encode(source: StepSource, start: int, data: bytes) -> list[LinesMessage]:
     if timed < count:
         runs.append((None, count - timed))
     for piece in pieces(data):
-        lines = text_lines(piece, source.masker)
-        these, runs = split_runs(runs, len(lines))
-        messages.append(lines_message(source.step_id, start, lines, these, compressed=True))
-        start += len(lines)
+        masked = _masked(piece, source.masker)
+        made = lines_json(masked)
+        if made is None:
+            lines = text_lines(masked, NO_SECRETS)
+            these, runs = split_runs(runs, len(lines))
+            messages.append(lines_message(source.step_id, start, lines, these, compressed=True))
+            start += len(lines)
+            continue
+        array, count = made
+        these, runs = split_runs(runs, count)
+        text = (
+            f'{{"type": "lines", "step": {source.step_id}, "start": {start}, '
+            f'"lines": {array}, "time_runs": {json.dumps(these)}}}'
+        )
+        deflated = deflate(text.encode())
+        messages.append(LinesMessage(start=start, count=count, text=text, deflated=deflated))
+        start += count
     return messages
 
 
@@ -438,20 +487,39 @@ class StepFollower:
                     self._send(EndMessage(self.final))
                     return
                 event = await subscription.get(within=POLL_SECONDS)
-                if event is not None and COALESCE_SECONDS:
-                    await asyncio.sleep(COALESCE_SECONDS)
                 # Every append since the last read is one read: the events that came
                 # meanwhile are taken together, not one wake-up (and read) each.
-                events = [event, *subscription.get_pending()]
-                check_status = any(
-                    event is None or event.kind == OVERFLOW or event.topic.startswith("run:")
-                    for event in events
-                )
+                events = await _coalesced(subscription, event)
+                check_status = any(_says_status(event) for event in events)
         finally:
             if subscription is not None:
                 subscription.close()
             self.ready.set()
             self._on_done(self)
+
+
+def _says_status(event: Event | None) -> bool:
+    """Whether the step's status may have changed (None: a poll, nothing said)."""
+    return event is None or event.kind == OVERFLOW or event.topic.startswith("run:")
+
+
+async def _coalesced(subscription: Subscription, first: Event | None) -> list[Event | None]:
+    """`first` and the events that follow it within `COALESCE_SECONDS`, or until one
+    says the status changed (a step's end is sent at once, not `COALESCE_SECONDS`
+    late), and all those pending then."""
+    events = [first]
+    if first is not None and COALESCE_SECONDS and not _says_status(first):
+        loop = asyncio.get_running_loop()
+        until = loop.time() + COALESCE_SECONDS
+        while (left := until - loop.time()) > 0:
+            event = await subscription.get(within=left)
+            if event is None:
+                break
+            events.append(event)
+            if _says_status(event):
+                break
+    events.extend(subscription.get_pending())
+    return events
 
 
 class LogStreams:
