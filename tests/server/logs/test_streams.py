@@ -9,6 +9,7 @@ import os
 import random
 import socket
 import threading
+import time
 import zlib
 from collections.abc import Callable
 from datetime import timedelta
@@ -28,6 +29,7 @@ from conveyor.server.config import Settings
 from conveyor.server.db import dialect
 from conveyor.server.db.base import utcnow
 from conveyor.server.logs import service
+from conveyor.server.logs.routes import CHECK_REMEMBERED_SECONDS
 from conveyor.server.models.agent import Agent
 from conveyor.server.models.job import Job
 from conveyor.server.models.membership import Role
@@ -357,6 +359,34 @@ class TestStreamPermissions:
         for asker in askers:
             asker.join()
         assert [(m["error"]["code"], code) for m, code in answers] == [("invalid_token", 4401)] * 8
+
+    def test_a_check_answers_identical_requests_for_a_second_and_then_no_more(
+        self, db_session: Session, server_url: str
+    ) -> None:
+        records = add_run(db_session)
+        with db_session.begin():
+            job = db_session.get(Job, records.job.id)
+            assert job is not None
+            state.finish_job(db_session, job, Status.CANCELLED)
+        user = add_user(db_session, "tia")
+        add_member(db_session, user, records.project, Role.VIEWER)
+        created = users_service.create_api_token(db_session, user, "ws")
+        db_session.commit()
+        url = _ws_url(server_url, f"/jobs/{records.job.id}/ws?token={created.plaintext}")
+        with connect(url) as connection:
+            assert _receive_all(connection)[-1] == {"type": "end", "status": "cancelled"}
+        users_service.delete_api_token(db_session, user, created.token.id)
+        db_session.commit()
+        revoked_at = time.monotonic()
+        # Within the second, the same request is answered by the check before the token
+        # was deleted; after it, it is checked again and refused.
+        with connect(url) as connection:
+            messages = _receive_all(connection)
+        if time.monotonic() - revoked_at < CHECK_REMEMBERED_SECONDS:
+            assert messages[-1] == {"type": "end", "status": "cancelled"}
+        time.sleep(CHECK_REMEMBERED_SECONDS + 0.2)
+        message, code = self._refusal(url)
+        assert (message["error"]["code"], code) == ("invalid_token", 4401)
 
     def test_member_of_another_project_is_refused_with_4403(
         self, db_session: Session, server_url: str

@@ -233,12 +233,18 @@ def _same_request(websocket: WebSocket) -> CheckKey:
     )
 
 
+CHECK_REMEMBERED_SECONDS = 1.0
+"""How long a stream's successful check answers the identical requests that follow it."""
+
+
 async def _check_once(websocket: WebSocket, plan: Callable[[], Follow]) -> Follow:
     """`plan` in the thread pool, shared by the identical requests that arrive while it
-    runs: a hundred viewers opening one job at once cost one check (one database
-    read), not a hundred in a row in the pool, ahead of the agent's log appends.
-    Only requests in flight together share it, so nothing is answered from a stale
-    check; a refusal is every sharer's."""
+    runs or within `CHECK_REMEMBERED_SECONDS` after it succeeded: a hundred viewers
+    opening one job at once cost one check (one database read), not a hundred in a
+    row in the pool, ahead of the agent's log appends. A refusal is every sharer's
+    while it runs, and never remembered; a token revoked or a member removed refuses
+    new streams at most `CHECK_REMEMBERED_SECONDS` later (streams already open run on,
+    as they always do)."""
     state = websocket.app.state
     checking: dict[CheckKey, asyncio.Future[Follow]] | None = getattr(
         state, "log_stream_checks", None
@@ -255,7 +261,13 @@ async def _check_once(websocket: WebSocket, plan: Callable[[], Follow]) -> Follo
             if checking.get(key) is done:
                 del checking[key]
 
-        running.add_done_callback(forget)
+        def checked(done: asyncio.Future[Follow]) -> None:
+            if done.cancelled() or done.exception() is not None:
+                forget(done)
+            else:
+                asyncio.get_running_loop().call_later(CHECK_REMEMBERED_SECONDS, forget, done)
+
+        running.add_done_callback(checked)
     return await asyncio.shield(running)
 
 
