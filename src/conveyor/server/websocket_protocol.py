@@ -41,6 +41,7 @@ from websockets.extensions.permessage_deflate import (
     PerMessageDeflate,
     ServerPerMessageDeflateFactory,
 )
+from websockets.frames import Frame
 from websockets.http11 import Request
 from websockets.protocol import State
 
@@ -124,6 +125,8 @@ class SharedDeflateProtocol(WebSocketsSansIOProtocol):
         # viewer, saying neither who nor what) stay out, and cost nothing to leave out.
         self.conn.logger = _QUIET
         self.conn.debug = False
+        self._unwritten: list[bytes] = []
+        self._write_scheduled = False
         self._takes_shared: bool | None = None
 
     def _shared_deflate(self) -> bool:
@@ -138,6 +141,7 @@ class SharedDeflateProtocol(WebSocketsSansIOProtocol):
         return self._takes_shared
 
     async def send(self, message: ASGISendEvent) -> None:
+        self._write_unwritten()  # what `write_text` took goes first
         if (
             message["type"] == "websocket.accept"
             and not self.handshake_complete
@@ -175,6 +179,10 @@ class SharedDeflateProtocol(WebSocketsSansIOProtocol):
             self.transport.write(b"".join(self.conn.data_to_send()))
             self.start_keepalive()
 
+    def handle_close(self, event: Frame) -> None:
+        self._write_unwritten()  # before the close frame that answers
+        super().handle_close(event)
+
     def handle_connect(self, event: Request) -> None:
         super().handle_connect(event)
         if self.handshake_complete:
@@ -206,7 +214,18 @@ class SharedDeflateProtocol(WebSocketsSansIOProtocol):
         if self.disconnected or self.close_sent or self.conn.state is not State.OPEN:
             raise ClientDisconnected()
         if deflated is not None and self._shared_deflate():
-            self.transport.writelines((frame_head(len(deflated)), deflated))
+            self._unwritten += (frame_head(len(deflated)), deflated)
         else:
             data = text.encode()
-            self.transport.writelines((frame_head(len(data), compressed=False), data))
+            self._unwritten += (frame_head(len(data), compressed=False), data)
+        if not self._write_scheduled:
+            # Frames made in the same turn of the loop (a viewer's queued messages) go
+            # to the socket in one call: one system call, not one per message.
+            self._write_scheduled = True
+            self.loop.call_soon(self._write_unwritten)
+
+    def _write_unwritten(self) -> None:
+        self._write_scheduled = False
+        frames, self._unwritten = self._unwritten, []
+        if frames and self.conn.state is State.OPEN and not self.transport.is_closing():
+            self.transport.writelines(frames)
