@@ -573,6 +573,37 @@ def main() -> None:
         shutil.rmtree(root, ignore_errors=True)
 
 
+def machine_state() -> str:
+    """How fast this machine wakes a process and runs Python, right now: the figures
+    above move with both (this VM's wake-up latency has been seen between 10 and 85 us,
+    for the same code; (a) and (b) wait on many wake-ups, (c) on the CPU)."""
+    to_child, from_parent = os.pipe()
+    to_parent, from_child = os.pipe()
+    child = os.fork()
+    if child == 0:
+        for _ in range(2_000):
+            os.read(to_child, 1)
+            os.write(from_child, b"x")
+        os._exit(0)
+    started = time.perf_counter()
+    for _ in range(2_000):
+        os.write(from_parent, b"x")
+        os.read(to_parent, 1)
+    round_trip = (time.perf_counter() - started) / 2_000
+    os.waitpid(child, 0)
+    for fd in (to_child, from_parent, to_parent, from_child):
+        os.close(fd)
+    started = time.process_time()
+    total = 0
+    for i in range(1_000_000):
+        total += i * i
+    loop = time.process_time() - started
+    return (
+        f"pipe round trip between two processes {round_trip * 1e6:.0f} us;"
+        f" a million-step Python loop {loop * 1000:.0f} ms"
+    )
+
+
 def run_parts(root: Path, args: argparse.Namespace, parts: set[str]) -> None:
     quick = make_repo(root, "quick", "steps: [{name: t, commands: ['true']}]\n")
     chatty = make_repo(
@@ -580,6 +611,7 @@ def run_parts(root: Path, args: argparse.Namespace, parts: set[str]) -> None:
         f"steps: [{{name: t, commands: ['seq -f \"line %.0f of the log\" 1 {args.lines}']}}]\n",
     )  # fmt: skip
     print(f"database: {args.database_url or 'SQLite (default)'}")
+    print(f"this machine now: {machine_state()}")
     server = Server(root / "main", agents=4, database_url=args.database_url)
     assert server.password
     time.sleep(2)

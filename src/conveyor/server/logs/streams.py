@@ -59,7 +59,7 @@ from conveyor.agent.masking import Masker
 from conveyor.logstore import TimeRun, read_time_runs
 from conveyor.protocol.status import Status
 from conveyor.server.config import Settings
-from conveyor.server.events import OVERFLOW, Event, EventBus, Subscription
+from conveyor.server.events import OVERFLOW, EventBus
 from conveyor.server.logs import repository, service
 from conveyor.server.logs.paths import log_attempt, step_log_path
 from conveyor.server.logs.service import mask_lines, read_stored_lines, split_lines
@@ -86,8 +86,7 @@ MAX_REMEMBERED_STEP_IDS = 4_096
 COALESCE_SECONDS = 0.02
 """How long a woken follower waits for more appends before it reads: a step printing
 fast sends a batch every few ms, and one read of several batches is one message per
-viewer instead of several (each send costs per viewer); a live line is this late
-(the step's end is not: a status change ends the wait)."""
+viewer instead of several (each send costs per viewer); a live line is this late."""
 
 
 @dataclass(frozen=True)
@@ -211,23 +210,25 @@ which it holds escaped as `lines_json` escapes them: not a quote, a backslash, a
 control byte, or anything not ASCII."""
 
 
-def lines_json(data: bytes) -> tuple[str, int] | None:
+def lines_json(data: bytes) -> tuple[list[bytes | memoryview], int] | None:
     """The lines of `data` (masked stored bytes: whole lines, the last one possibly
-    unterminated) as a JSON array, the same lines as `text_lines`, and their count;
-    made without a str per line (the most of a lines message's cost) when nothing
-    in `data` needs more escaping than a tab or an escape byte. None otherwise."""
+    unterminated) as a JSON array in parts to join, the same lines as `text_lines`,
+    and their count; made without a str per line (the most of a lines message's cost)
+    and with one copy of the bytes, when nothing in `data` needs more escaping than a
+    tab or an escape byte. None otherwise."""
     if data.translate(None, _PLAIN_BYTES):
         return None  # some byte is not plain
-    text = data.decode("ascii")
-    if text.endswith("\n"):
-        text = text[:-1]
-    elif not text:
-        return "[]", 0
-    if "\t" in text:
-        text = text.replace("\t", "\\t")
-    if "\x1b" in text:
-        text = text.replace("\x1b", "\\u001b")
-    return '["' + text.replace("\n", '", "') + '"]', text.count("\n") + 1
+    if not data:
+        return [b"[]"], 0
+    terminated = data.endswith(b"\n")
+    count = data.count(b"\n") + (0 if terminated else 1)
+    quoted = data.replace(b"\n", b'", "')
+    if b"\t" in data:
+        quoted = quoted.replace(b"\t", b"\\t")
+    if b"\x1b" in data:
+        quoted = quoted.replace(b"\x1b", b"\\u001b")
+    body = memoryview(quoted)[:-4] if terminated else memoryview(quoted)  # no last '", "'
+    return [b'["', body, b'"]'], count
 
 
 def pieces(data: bytes) -> list[bytes]:
@@ -272,11 +273,16 @@ def encode(source: StepSource, start: int, data: bytes) -> list[LinesMessage]:
             continue
         array, count = made
         these, runs = split_runs(runs, count)
-        text = (
-            f'{{"type": "lines", "step": {source.step_id}, "start": {start}, '
-            f'"lines": {array}, "time_runs": {json.dumps(these)}}}'
+        # Made as bytes, compressed, then decoded once: one copy of the lines each.
+        message = b"".join(
+            [
+                b'{"type": "lines", "step": %d, "start": %d, "lines": ' % (source.step_id, start),
+                *array,
+                b', "time_runs": %s}' % json.dumps(these).encode(),
+            ]
         )
-        deflated = deflate(text.encode())
+        deflated = deflate(message)
+        text = message.decode("ascii")
         messages.append(LinesMessage(start=start, count=count, text=text, deflated=deflated))
         start += count
     return messages
@@ -489,37 +495,18 @@ class StepFollower:
                 event = await subscription.get(within=POLL_SECONDS)
                 # Every append since the last read is one read: the events that came
                 # meanwhile are taken together, not one wake-up (and read) each.
-                events = await _coalesced(subscription, event)
-                check_status = any(_says_status(event) for event in events)
+                if event is not None and COALESCE_SECONDS:
+                    await asyncio.sleep(COALESCE_SECONDS)
+                events = [event, *subscription.get_pending()]
+                check_status = any(
+                    event is None or event.kind == OVERFLOW or event.topic.startswith("run:")
+                    for event in events
+                )
         finally:
             if subscription is not None:
                 subscription.close()
             self.ready.set()
             self._on_done(self)
-
-
-def _says_status(event: Event | None) -> bool:
-    """Whether the step's status may have changed (None: a poll, nothing said)."""
-    return event is None or event.kind == OVERFLOW or event.topic.startswith("run:")
-
-
-async def _coalesced(subscription: Subscription, first: Event | None) -> list[Event | None]:
-    """`first` and the events that follow it within `COALESCE_SECONDS`, or until one
-    says the status changed (a step's end is sent at once, not `COALESCE_SECONDS`
-    late), and all those pending then."""
-    events = [first]
-    if first is not None and COALESCE_SECONDS and not _says_status(first):
-        loop = asyncio.get_running_loop()
-        until = loop.time() + COALESCE_SECONDS
-        while (left := until - loop.time()) > 0:
-            event = await subscription.get(within=left)
-            if event is None:
-                break
-            events.append(event)
-            if _says_status(event):
-                break
-    events.extend(subscription.get_pending())
-    return events
 
 
 class LogStreams:
