@@ -148,6 +148,11 @@ def test_trigger_follow_download(
         assert not any("hunter2" in line for line in lines)
         assert f"artifact of {repo.head()}" in lines
 
+        # Served on Python's own event loop (serving.EVENT_LOOP): uvloop is installed
+        # (the benchmark uses it), and uvicorn would take it if not told otherwise.
+        maps = Path(f"/proc/{server.process.pid}/maps").read_text()
+        assert "_asyncio" in maps and "uvloop" not in maps
+
         detail = api.get(f"/api/v1/runs/{run['id']}").json()
         assert detail["status"] == "success"
         assert [s["status"] for s in detail["jobs"][0]["steps"]] == ["success", "success"]
