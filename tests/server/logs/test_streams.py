@@ -39,7 +39,7 @@ from conveyor.server.users import service as users_service
 from conveyor.server.websocket_protocol import deflate
 from tests.fixtures.servers import serve
 from tests.server.conftest import add_user, sign_in
-from tests.server.logs.records import add_member, add_run
+from tests.server.logs.records import Records, add_member, add_run
 
 pytestmark = pytest.mark.usefixtures("clean_data_dir")
 
@@ -135,6 +135,21 @@ class Agentlike:
 
 def _numbered(first: int, count: int) -> bytes:
     return b"".join(f"line {i} {'=' * (i % 40)}\n".encode() for i in range(first, first + count))
+
+
+def _finished_step(
+    session: Session, app: FastAPI, settings: Settings, index: int, lines: int
+) -> tuple[Records, str, int]:
+    """A run whose step `index` stored `lines` numbered lines and finished; with an
+    admin's token and that step's id."""
+    records = add_run(session)
+    token = _token(session)
+    step_id = records.steps[index].id
+    agent = Agentlike(app, settings, step_id)
+    agent.start()
+    agent.send(_numbered(0, lines))
+    agent.finish()
+    return records, token, step_id
 
 
 def _send_in_random_batches(agent: Agentlike, data: bytes, seed: int) -> None:
@@ -235,13 +250,7 @@ class TestFollowStep:
         server_settings: Settings,
         server_url: str,
     ) -> None:
-        records = add_run(db_session)
-        token = _token(db_session)
-        step_id = records.steps[1].id
-        agent = Agentlike(server_app, server_settings, step_id)
-        agent.start()
-        agent.send(_numbered(0, 12_000))
-        agent.finish()
+        records, token, step_id = _finished_step(db_session, server_app, server_settings, 1, 12_000)
         url = _ws_url(
             server_url,
             f"/api/v1/runs/{records.run.id}/logs/ws?job={records.job.id}&index=1&token={token}",
@@ -498,13 +507,7 @@ class TestCompressedOnceForAllViewers:
         server_settings: Settings,
         server_url: str,
     ) -> None:
-        records = add_run(db_session)
-        token = _token(db_session)
-        step_id = records.steps[0].id
-        agent = Agentlike(server_app, server_settings, step_id)
-        agent.start()
-        agent.send(_numbered(0, 12_000))
-        agent.finish()
+        records, token, step_id = _finished_step(db_session, server_app, server_settings, 0, 12_000)
         path = f"/api/v1/runs/{records.run.id}/logs/ws?step={step_id}&token={token}"
         first, second = (_compressed_messages(server_url, path) for _ in range(2))
         texts = [_inflate(payload) if compressed else payload for compressed, payload in first]
@@ -532,13 +535,7 @@ class TestUnderAnotherWebSocketProtocol:
     ) -> None:
         # uvicorn's own protocol puts no frame writer in the scope: the stream sends
         # its messages as text through ASGI (compressed per connection by the library).
-        records = add_run(db_session)
-        token = _token(db_session)
-        step_id = records.steps[0].id
-        agent = Agentlike(server_app, server_settings, step_id)
-        agent.start()
-        agent.send(_numbered(0, 7_000))
-        agent.finish()
+        records, token, step_id = _finished_step(db_session, server_app, server_settings, 0, 7_000)
         with serve(create_app(server_settings), ws="websockets-sansio") as url:
             path = f"/api/v1/runs/{records.run.id}/logs/ws?step={step_id}&token={token}"
             with connect(_ws_url(url, path)) as connection:
