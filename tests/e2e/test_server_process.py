@@ -22,6 +22,8 @@ import httpx
 import pytest
 import websockets
 
+from conveyor.agent.checkout import MirrorCache
+from conveyor.server.config import Settings
 from tests.fixtures.gitrepos import Repo
 
 PIPELINE = """\
@@ -52,6 +54,7 @@ class ServerProcess:
     process: subprocess.Popen[str]
     password: str
     output: list[str]
+    data_dir: Path
 
     def client(self) -> httpx.Client:
         client = httpx.Client(base_url=self.url, timeout=30)
@@ -90,7 +93,7 @@ def start_server(data_dir: Path, backend: str) -> ServerProcess:
     assert password, "".join(output)
     # Keep draining its output (access log lines) so that a full pipe never blocks it.
     threading.Thread(target=lambda: output.extend(process.stdout or []), daemon=True).start()
-    return ServerProcess(f"http://127.0.0.1:{port}", process, password, output)
+    return ServerProcess(f"http://127.0.0.1:{port}", process, password, output, data_dir)
 
 
 @pytest.fixture
@@ -171,5 +174,14 @@ def test_trigger_follow_download(
         digest = base64.b64encode(hashlib.sha256(body).digest()).decode()
         assert download.headers["digest"] == f"sha-256={digest}"
         assert download.headers["x-conveyor-hash"] == f"sha1:{hashlib.sha1(body).hexdigest()}"  # noqa: S324 (7-Zip's SHA1, asked for)
+
+        # The embedded agent (a process of its own) made its mirror where the server
+        # looks for it, and deleting the project takes it with the server's.
+        settings = Settings(data_dir=server.data_dir)
+        [agent_mirror] = settings.embedded_agent_mirrors.glob("*.git")
+        assert agent_mirror.name == MirrorCache(settings.repos_path).mirror_path(repo.url).name
+        assert api.delete("/api/v1/projects/demo").status_code == 204
+        assert not agent_mirror.exists()
+        assert not MirrorCache(settings.repos_path).mirror_path(repo.url).exists()
     finally:
         api.close()

@@ -24,6 +24,7 @@ from pathlib import Path
 import httpx
 
 from conveyor import __version__
+from conveyor.agent import mirrors_dir_of
 from conveyor.agent.artifacts import Artifact
 from conveyor.agent.backends.base import Backend
 from conveyor.agent.checkout import CheckoutError, MirrorCache
@@ -429,7 +430,7 @@ class Agent:
         self.settings = settings
         self.backend = backend
         self.client = AgentClient(settings.server_url, settings.token)
-        self.mirrors = MirrorCache(settings.cache_dir / "mirrors")
+        self.mirrors = MirrorCache(mirrors_dir_of(settings.cache_dir))
         self.heartbeat_interval = 10.0
         # Keyed by lease, not by job: after a lost lease the same job can come back to
         # this agent as a new attempt while the stale one is still stopping.

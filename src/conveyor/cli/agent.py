@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from conveyor.agent import EXIT_WITH_PARENT_ENV
+from conveyor.agent import EXIT_WITH_PARENT_ENV, cache_dir_of
 
 if TYPE_CHECKING:
     from conveyor.agent.loop import Agent
@@ -62,7 +62,7 @@ def agent_command(
         token=token,
         name=name or socket.gethostname(),
         work_dir=work_dir / "work",
-        cache_dir=work_dir / "cache",
+        cache_dir=cache_dir_of(work_dir),
         labels=[label.strip() for label in labels.split(",") if label.strip()],
         capacity=capacity,
     )

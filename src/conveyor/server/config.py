@@ -15,6 +15,8 @@ from typing import Self
 from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from conveyor.agent import cache_dir_of, mirrors_dir_of
+
 SECRET_KEY_FILE_NAME = "secret_key"  # noqa: S105  (a file name, not a secret)
 DATABASE_FILE_NAME = "conveyor.db"
 
@@ -116,6 +118,17 @@ class Settings(BaseSettings):
     def artifacts_path(self) -> Path:
         assert self.artifacts_dir is not None  # filled by the validator
         return self.artifacts_dir
+
+    @property
+    def embedded_agent_dir(self) -> Path:
+        """The embedded agent's `--work-dir`: its workspaces and its cache of mirrors."""
+        return self.data_dir / "agent"
+
+    @property
+    def embedded_agent_mirrors(self) -> Path:
+        """Where the embedded agent keeps its bare mirrors (one per repository URL,
+        named as the server's own are): a deleted project's goes with it."""
+        return mirrors_dir_of(cache_dir_of(self.embedded_agent_dir))
 
     @property
     def secure_cookies(self) -> bool:

@@ -1,6 +1,7 @@
 """A project's files on disk, made by the real services: a run triggered through the
 API (which clones the project's mirror), a step log appended by the log service, an
-artifact uploaded and completed, and an upload left half done."""
+artifact uploaded and completed, an upload left half done, and the embedded agent's
+mirror."""
 
 from __future__ import annotations
 
@@ -33,6 +34,8 @@ class StoredFiles:
     upload_part: Path
     upload_meta: Path
     mirror: Path
+    agent_mirror: Path
+    """The embedded agent's mirror of the project's repository."""
 
     def paths(self) -> list[Path]:
         return [
@@ -43,6 +46,7 @@ class StoredFiles:
             self.upload_part,
             self.upload_meta,
             self.mirror,
+            self.agent_mirror,
         ]
 
     def existing(self) -> list[Path]:
@@ -78,6 +82,10 @@ def store_files(
     partial = artifacts_service.start_upload(session, settings, job, AGENT, spec)
     artifacts_service.write_chunk(settings, partial.upload_id, AGENT, 0, data[:5])
 
+    # The embedded agent's mirror, as its checkouts make it (`conveyor agent` in a
+    # process of its own does the same; tests/e2e/test_server_process.py runs it).
+    agent_mirror = MirrorCache(settings.embedded_agent_mirrors).update(project.git_url)
+
     uploads = settings.data_dir / artifacts_service.UPLOADS_DIRECTORY
     stored = StoredFiles(
         log_directory=settings.data_dir / "logs" / str(run_id),
@@ -87,6 +95,7 @@ def store_files(
         upload_part=uploads / f"{partial.upload_id}.part",
         upload_meta=uploads / f"{partial.upload_id}.json",
         mirror=MirrorCache(settings.repos_path).mirror_path(project.git_url),
+        agent_mirror=agent_mirror,
     )
     missing = [path for path in stored.paths() if not path.exists()]
     assert not missing, f"the services did not make {missing}"

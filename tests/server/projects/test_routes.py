@@ -435,9 +435,11 @@ class TestDeleteProjectFiles:
         assert twin_files.mirror == demo.mirror
         assert http.delete("/api/v1/projects/demo", headers=headers).status_code == 204
         assert demo.mirror.is_dir(), "twin still builds this repository"
+        assert demo.agent_mirror.is_dir() and twin_files.agent_mirror == demo.agent_mirror
         assert not demo.log_directory.exists() and twin_files.log_directory.exists()
         assert http.delete("/api/v1/projects/twin", headers=headers).status_code == 204
         assert not demo.mirror.exists()
+        assert not demo.agent_mirror.exists()
 
     def test_files_already_gone_do_not_fail_the_deletion(
         self,

@@ -67,7 +67,7 @@ def agent_command_line(settings: Settings, name: str) -> list[str]:
         "--capacity",
         str(settings.agents),
         "--work-dir",
-        str(settings.data_dir / "agent"),
+        str(settings.embedded_agent_dir),
     ]
     if settings.embedded_backend:
         command += ["--backend", settings.embedded_backend]

@@ -8,6 +8,7 @@ The database cascades a project's rows away; its files are not rows:
     <repos root>/<mirror of its URL>     the bare git mirror, unless another project
                                          builds the same repository (mirrors are keyed
                                          by URL, so they are shared)
+    <data_dir>/agent/cache/mirrors/...   the embedded agent's mirror of it, likewise
 
 `collect` names them in the deleting transaction, while the rows still say which runs
 and jobs were the project's; `remove_after_commit` removes them only once that
@@ -71,9 +72,11 @@ class ProjectFiles:
     uploads_root: Path
     job_ids: frozenset[int]
     repos_root: Path
+    agent_mirrors_root: Path
+    """The embedded agent's mirrors: the same names, in its own cache."""
     mirror_name: str | None
-    """The directory of the project's mirror in `repos_root`; None when another project
-    uses the same repository and the mirror must stay."""
+    """The directory of the project's mirror in `repos_root` and `agent_mirrors_root`;
+    None when another project uses the same repository and the mirrors must stay."""
 
 
 @dataclass
@@ -105,6 +108,7 @@ def collect(session: Session, settings: Settings, project: Project) -> ProjectFi
         uploads_root=settings.data_dir / UPLOADS_DIRECTORY,
         job_ids=frozenset(projects.job_ids(project.id)),
         repos_root=settings.repos_path,
+        agent_mirrors_root=settings.embedded_agent_mirrors,
         mirror_name=None if shared else mirror.name,
     )
 
@@ -145,6 +149,9 @@ def remove(files: ProjectFiles) -> Removal:
     _remove_uploads(files, removal)
     if files.mirror_name is not None:
         _remove_mirror(files.repos_root, files.mirror_name, removal)
+        # The embedded agent's, under the lock its checkouts take (remote agents' caches
+        # are theirs to keep).
+        _remove_mirror(files.agent_mirrors_root, files.mirror_name, removal)
     for problem in removal.problems:
         logger.warning("deleted project %r: %s", files.project, problem)
     logger.info(
