@@ -94,7 +94,7 @@ def launch_server(
     assert password and "Uvicorn running on" in output[-1], "".join(output)
     # Keep draining its output so that a full pipe never blocks the server.
     threading.Thread(target=lambda: output.extend(process.stdout or []), daemon=True).start()
-    return ServerProcess(f"http://127.0.0.1:{port}", process, password, output)
+    return ServerProcess(f"http://127.0.0.1:{port}", process, password, output, data_dir)
 
 
 @dataclass

@@ -155,10 +155,10 @@ def start_server_with_no_agents(data_dir: Path) -> ServerProcess:
              # A short back-off: the lost agent's job is claimable again 1 s after requeue.
              "CONVEYOR_RETRY_BACKOFF_SECONDS": "1"},
     )  # fmt: skip
-    return _await_start(process, port)
+    return _await_start(process, port, data_dir)
 
 
-def _await_start(process: subprocess.Popen[str], port: int) -> ServerProcess:
+def _await_start(process: subprocess.Popen[str], port: int, data_dir: Path) -> ServerProcess:
     assert process.stdout is not None
     output: list[str] = []
     password = None
@@ -177,7 +177,7 @@ def _await_start(process: subprocess.Popen[str], port: int) -> ServerProcess:
     assert password, "".join(output)
     # Keep draining its output so that a full pipe never blocks the server.
     threading.Thread(target=lambda: output.extend(process.stdout or []), daemon=True).start()
-    return ServerProcess(f"http://127.0.0.1:{port}", process, password, output)
+    return ServerProcess(f"http://127.0.0.1:{port}", process, password, output, data_dir)
 
 
 def at(value: str) -> datetime:
