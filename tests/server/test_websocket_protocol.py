@@ -7,11 +7,7 @@ its text, uncompressed, to every other connection; the ASGI interface works as b
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
-import os
-import socket
-import zlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -30,6 +26,7 @@ from conveyor.server.websocket_protocol import (
     deflate,
     frame_head,
 )
+from tests.fixtures.rawwebsocket import inflate, raw_websocket
 from tests.fixtures.servers import serve
 
 TEXT = '{"type": "lines", "lines": ["the text"]}'
@@ -82,35 +79,9 @@ def ws_url(base_url: str) -> str:
 
 
 def _frames_on_the_wire(base_url: str, count: int) -> list[tuple[int, bytes]]:
-    """The first byte and payload of the first `count` frames a client asking for
-    permessage-deflate gets (a bare socket)."""
-    host, port = base_url.removeprefix("http://").split(":")
-    key = base64.b64encode(os.urandom(16)).decode()
-    with socket.create_connection((host, int(port)), timeout=10) as sock:
-        sock.sendall(
-            (
-                f"GET /ws HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n"
-                "Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
-                "Sec-WebSocket-Extensions: permessage-deflate\r\n"
-                f"Sec-WebSocket-Key: {key}\r\n\r\n"
-            ).encode()
-        )
-        stream = sock.makefile("rb")
-        head = b""
-        while not head.endswith(b"\r\n\r\n"):
-            head += stream.read(1)
-        frames = []
-        for _ in range(count):
-            first, second = stream.read(2)
-            length = second & 0x7F
-            if length >= 126:
-                length = int.from_bytes(stream.read(2 if length == 126 else 8), "big")
-            frames.append((first, stream.read(length)))
-        return frames
-
-
-def _inflate(payload: bytes) -> bytes:
-    return zlib.decompressobj(-15).decompress(payload + b"\x00\x00\xff\xff")
+    """The first byte and payload of the first `count` frames of /ws."""
+    with raw_websocket(base_url, "/ws", 10) as read_frame:
+        return [read_frame() for _ in range(count)]
 
 
 class TestFrameWriter:
@@ -133,7 +104,7 @@ class TestFrameWriter:
         assert (second, plain) == (0x81, PLAIN.encode())  # FIN, text: as it is
         # Through ASGI, the library compresses for the connection.
         assert third == 0xC1
-        assert _inflate(through_asgi) == THROUGH_ASGI.encode()
+        assert inflate(through_asgi) == THROUGH_ASGI.encode()
 
     def test_client_without_compression_gets_the_text(self, ws_url: str) -> None:
         with connect(ws_url, compression=None) as connection:
@@ -201,7 +172,7 @@ class TestDeflate:
         text = "".join(f"line {i} of the log\n" for i in range(10_000)).encode()
         payload = deflate(text)
         assert len(payload) < len(text) // 5
-        assert _inflate(payload) == text
+        assert inflate(payload) == text
 
 
 class TestFrameHead:

@@ -3,14 +3,10 @@ server, on SQLite and PostgreSQL: backlog, live lines and end, no gap, no duplic
 
 from __future__ import annotations
 
-import base64
 import json
-import os
 import random
-import socket
 import threading
 import time
-import zlib
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
@@ -37,6 +33,7 @@ from conveyor.server.models.step import Step
 from conveyor.server.runs import state
 from conveyor.server.users import service as users_service
 from conveyor.server.websocket_protocol import deflate
+from tests.fixtures.rawwebsocket import inflate, raw_websocket
 from tests.fixtures.servers import serve
 from tests.server.conftest import add_user, sign_in
 from tests.server.logs.records import Records, add_member, add_run
@@ -460,42 +457,19 @@ class TestStreamPermissions:
         assert code == 4422
 
 
-def _inflate(payload: bytes) -> bytes:
-    return zlib.decompressobj(-15).decompress(payload + b"\x00\x00\xff\xff")
-
-
 def _compressed_messages(server_url: str, path: str) -> list[tuple[bool, bytes]]:
     """The payloads of a stream's messages as a client asking for permessage-deflate
-    gets them (a bare socket: what is on the wire, not what a library makes of it),
-    each with whether it is compressed. Every message must be final; reads until the
-    end message."""
-    host, port = server_url.removeprefix("http://").split(":")
-    key = base64.b64encode(os.urandom(16)).decode()
-    with socket.create_connection((host, int(port)), timeout=RECEIVE_TIMEOUT) as sock:
-        request = (
-            f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n"
-            "Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
-            "Sec-WebSocket-Extensions: permessage-deflate\r\n"
-            f"Sec-WebSocket-Key: {key}\r\n\r\n"
-        )
-        sock.sendall(request.encode())
-        stream = sock.makefile("rb")
-        head = b""
-        while not head.endswith(b"\r\n\r\n"):
-            head += stream.read(1)
-        assert b"server_no_context_takeover" in head, head
-        payloads = []
+    gets them, each with whether it is compressed. Every message must be final; reads
+    until the end message."""
+    payloads = []
+    with raw_websocket(server_url, path, RECEIVE_TIMEOUT) as read_frame:
         while True:
-            first, second = stream.read(2)
-            length = second & 0x7F
-            if length >= 126:
-                length = int.from_bytes(stream.read(2 if length == 126 else 8), "big")
-            payload = stream.read(length)
+            first, payload = read_frame()
             # A final text frame: compressed (RSV1) or sent as it is.
             assert first in (0xC1, 0x81), hex(first)
             compressed = first == 0xC1
             payloads.append((compressed, payload))
-            if json.loads(_inflate(payload) if compressed else payload)["type"] == "end":
+            if json.loads(inflate(payload) if compressed else payload)["type"] == "end":
                 return payloads
 
 
@@ -510,7 +484,7 @@ class TestCompressedOnceForAllViewers:
         records, token, step_id = _finished_step(db_session, server_app, server_settings, 0, 12_000)
         path = f"/api/v1/runs/{records.run.id}/logs/ws?step={step_id}&token={token}"
         first, second = (_compressed_messages(server_url, path) for _ in range(2))
-        texts = [_inflate(payload) if compressed else payload for compressed, payload in first]
+        texts = [inflate(payload) if compressed else payload for compressed, payload in first]
         assert [json.loads(text)["type"] for text in texts][-1] == "end"
         lines_payloads = [
             payload
@@ -521,10 +495,10 @@ class TestCompressedOnceForAllViewers:
         assert all(compressed for compressed, payload in first if payload in lines_payloads)
         # Made by `deflate` once (the connection's own compressor, at another memory
         # level, would give other bytes), and the same bytes for both viewers.
-        assert all(payload == deflate(_inflate(payload)) for payload in lines_payloads)
+        assert all(payload == deflate(inflate(payload)) for payload in lines_payloads)
         assert set(lines_payloads) <= {payload for _, payload in second}
         streamed = [
-            line for payload in lines_payloads for line in json.loads(_inflate(payload))["lines"]
+            line for payload in lines_payloads for line in json.loads(inflate(payload))["lines"]
         ]
         assert streamed == [f"line {i} {'=' * (i % 40)}" for i in range(12_000)]
 
