@@ -43,16 +43,16 @@ def _app(after_close: list[str]) -> FastAPI:
     @app.websocket("/ws")
     async def both_forms(websocket: WebSocket) -> None:
         await websocket.accept()
-        writer: FrameWriter = websocket.scope["extensions"][FRAME_WRITER]
-        await writer["write_text"](TEXT, deflate(OTHER.encode()))
-        await writer["write_text"](PLAIN, None)
+        write: FrameWriter = websocket.scope["extensions"][FRAME_WRITER]
+        await write(TEXT, deflate(OTHER.encode()))
+        await write(PLAIN, None)
         await websocket.send_text(THROUGH_ASGI)
         # Then wait for the client to go, and write again.
         message = await websocket.receive()
         assert message["type"] == "websocket.disconnect"
         for _ in range(100):
             try:
-                await writer["write_text"](PLAIN, None)
+                await write(PLAIN, None)
             except ClientDisconnected:
                 after_close.append("ClientDisconnected")
                 return

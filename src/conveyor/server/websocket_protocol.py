@@ -24,7 +24,7 @@ import asyncio
 import logging
 import zlib
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypedDict, cast
+from typing import Any, cast
 
 from starlette.applications import Starlette
 from starlette.routing import Match, WebSocketRoute
@@ -49,9 +49,8 @@ FRAME_WRITER = "conveyor.frame_writer"
 """Key, in a WebSocket scope's `extensions`, of the connection's `FrameWriter`."""
 
 
-class FrameWriter(TypedDict):
-    write_text: Callable[[str, bytes | None], Awaitable[None]]
-    """`write_text(text, deflate(text) or None)`: see `SharedDeflateProtocol.write_text`."""
+FrameWriter = Callable[[str, bytes | None], Awaitable[None]]
+"""`write(text, deflate(text) or None)`: see `SharedDeflateProtocol.write_text`."""
 
 
 WINDOW_BITS = 15
@@ -188,7 +187,7 @@ class SharedDeflateProtocol(WebSocketsSansIOProtocol):
         if self.handshake_complete:
             return  # refused by the handshake: no application runs
         # The application task is scheduled, not started: it sees the writer.
-        writer: FrameWriter = {"write_text": self.write_text}
+        writer: FrameWriter = self.write_text
         extensions = cast("dict[str, Any]", self.scope["extensions"])
         extensions[FRAME_WRITER] = writer
         if self.direct_routes:

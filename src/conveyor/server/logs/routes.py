@@ -275,14 +275,13 @@ def _sender(websocket: WebSocket) -> Send:
     """Sends a stream's messages: straight to the connection where the server offers it
     (`websocket_protocol`; the compressed form of a lines message for every connection
     that takes it), else through ASGI as text."""
-    writer: FrameWriter | None = websocket.scope.get("extensions", {}).get(FRAME_WRITER)
-    if writer is None:
+    write_text: FrameWriter | None = websocket.scope.get("extensions", {}).get(FRAME_WRITER)
+    if write_text is None:
 
         async def send_text(message: str | LinesMessage) -> None:
             await websocket.send_text(message if isinstance(message, str) else message.text)
 
         return send_text
-    write_text = writer["write_text"]
 
     async def send(message: str | LinesMessage) -> None:
         try:
