@@ -155,6 +155,10 @@ def test_trigger_follow_download(
         # (the benchmark uses it), and uvicorn would take it if not told otherwise.
         maps = Path(f"/proc/{server.process.pid}/maps").read_text()
         assert "_asyncio" in maps and "uvloop" not in maps
+        # `conveyor server` became the server process (exec: same pid, a fresh
+        # interpreter without the command line's libraries).
+        command = Path(f"/proc/{server.process.pid}/cmdline").read_bytes().split(b"\0")
+        assert command[1:4] == [b"-P", b"-m", b"conveyor.server"], command
 
         detail = api.get(f"/api/v1/runs/{run['id']}").json()
         assert detail["status"] == "success"

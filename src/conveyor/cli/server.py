@@ -3,10 +3,15 @@ the embedded agent in a child process it supervises."""
 
 from __future__ import annotations
 
+import json
+import os
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+
+import conveyor
 
 
 def server_command(
@@ -27,18 +32,25 @@ def server_command(
     ] = None,
 ) -> None:
     """Start the server; the first start prints a one-time admin password."""
-    # Imported here, not at the top: every `conveyor` command imports this module, and
-    # none but this one needs the server (about 60 MiB and a second of start).
-    from conveyor.server.app import create_app
-    from conveyor.server.config import Settings
-    from conveyor.server.serving import serve
+    from conveyor.cli.settings import load_settings
 
     overrides: dict[str, Any] = {"host": host, "port": port}
     if data_dir is not None:
-        overrides["data_dir"] = data_dir
+        overrides["data_dir"] = str(data_dir)
     if agents is not None:
         overrides["agents"] = agents
     if backend is not None:
         overrides["embedded_backend"] = backend
-    settings = Settings(**overrides)
-    serve(create_app(settings), settings)
+    load_settings(overrides, {"embedded_backend": "--backend"})  # bad values end here
+    # The server runs in a fresh interpreter in this same process (pid, output and
+    # signals stay), without Typer: it is the command line's, not the server's (with
+    # what this process loaded for it, about 1 MiB of a server that idles under 80).
+    # -P: the current directory is not put first on the module path (a `fastapi/` there
+    # would shadow the real one), unless Conveyor itself is imported from there.
+    here = Path(conveyor.__file__).resolve().parent.parent == Path.cwd().resolve()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(  # noqa: S606  # the interpreter itself: no shell, no user input in argv[0]
+        sys.executable,
+        [sys.executable, *([] if here else ["-P"]), "-m", "conveyor.server", json.dumps(overrides)],
+    )
