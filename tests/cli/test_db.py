@@ -31,3 +31,12 @@ class TestUpgrade:
         result = CliRunner().invoke(app, ["upgrade"], env=settings_environment)
         assert result.exit_code == 0, result.output
         assert ":conveyor@" not in result.output
+
+    def test_a_bad_setting_is_named_without_a_traceback(
+        self, settings_environment: dict[str, str]
+    ) -> None:
+        env = {**settings_environment, "CONVEYOR_MAX_PROJECTS_PER_USER": "many"}
+        result = CliRunner().invoke(app, ["upgrade"], env=env)
+        assert result.exit_code == 2
+        assert "error: CONVEYOR_MAX_PROJECTS_PER_USER (environment or .env)" in result.output
+        assert result.exception is None or isinstance(result.exception, SystemExit)

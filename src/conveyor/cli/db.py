@@ -20,11 +20,11 @@ def upgrade() -> None:
     (CONVEYOR_DATABASE_URL, default a SQLite file in CONVEYOR_DATA_DIR)."""
     # Imported here: every `conveyor` command imports this module; `conveyor exec` and
     # `conveyor agent` must not load the server.
-    from conveyor.server.config import Settings
+    from conveyor.cli.settings import load_settings
     from conveyor.server.db import dialect
     from conveyor.server.db.migrate import upgrade_database
 
-    settings = Settings()
+    settings = load_settings()
     upgrade_database(settings.database_url)
     shown = dialect.normalize_url(settings.database_url).render_as_string(hide_password=True)
     typer.echo(f"database {shown} is at the newest migration")

@@ -23,12 +23,12 @@ app = typer.Typer(help="Manage local user accounts.", no_args_is_help=True)
 def database_session() -> Iterator[Session]:
     """One unit of work on the configured database, brought up to date first (as the
     server does at start). A ConveyorError ends the command with its message."""
-    from conveyor.server.config import Settings
+    from conveyor.cli.settings import load_settings
     from conveyor.server.db.engine import create_database_engine, create_session_factory
     from conveyor.server.db.migrate import upgrade_engine
     from conveyor.server.errors import ConveyorError
 
-    engine = create_database_engine(Settings().database_url)
+    engine = create_database_engine(load_settings().database_url)
     try:
         upgrade_engine(engine)
         with create_session_factory(engine).begin() as session:
