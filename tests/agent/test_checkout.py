@@ -345,6 +345,32 @@ class TestUpdate:
         assert (mirror / "conveyor-marker").is_file()
         assert cache.resolve(repo.url, "main", fetch=False) == new_sha
 
+    def test_maintenance_follows_a_fetch_at_most_once_per_interval(
+        self, make_repo: MakeRepo, cache: MirrorCache
+    ) -> None:
+        repo = make_repo({"a": "1"})
+        mirror = cache.update(repo.url)
+        # Each fetch brings a pack of its own, and two packs are one too many for gc
+        # (run in the foreground here).
+        for key, value in [("fetch.unpackLimit", "1"), ("gc.autoPackLimit", "1")]:
+            git_in(mirror, "config", key, value)
+        git_in(mirror, "config", "gc.autoDetach", "false")
+
+        def packs() -> int:
+            counts = dict(
+                line.split(": ") for line in git_in(mirror, "count-objects", "-v").splitlines()
+            )
+            return int(counts["packs"])
+
+        for round_ in range(2):
+            repo.write("a", f"round {round_}")
+            repo.commit(f"round {round_}")
+            cache.update(repo.url)
+            if round_ == 0:
+                assert packs() == 1  # the first fetch is followed by a gc: repacked
+            else:
+                assert packs() == 2  # within the interval: not asked again
+
     def test_deleted_branch_is_pruned(self, make_repo: MakeRepo, cache: MirrorCache) -> None:
         repo = make_repo({"a": "1"})
         repo.git("branch", "short-lived")
@@ -535,6 +561,63 @@ class TestReadFile:
             cache.read_file(repo.url, "1" * 40, "a")
 
 
+class TestSnapshot:
+    """`snapshot`: a commit and files at it in one go (the server's trigger)."""
+
+    def test_a_branch_gives_the_commit_and_the_files_asked_for(
+        self, make_repo: MakeRepo, cache: MirrorCache
+    ) -> None:
+        repo = make_repo({".conveyor.yml": "steps: []\n", "ci/build.sh": "make\n"})
+        cache.update(repo.url)
+        snapshot = cache.snapshot(repo.url, "refs/heads/main", [".conveyor.yml", "none.yml"])
+        assert snapshot.commit == cache.describe(repo.url, "refs/heads/main", fetch=False)
+        assert snapshot.commit.branch == "main" and snapshot.commit.sha == repo.head()
+        assert snapshot.files[".conveyor.yml"] is not None
+        assert snapshot.read_file(".conveyor.yml") == "steps: []\n"
+        assert snapshot.read_file("none.yml") is None
+        assert snapshot.read_file("ci/build.sh") == "make\n"  # not read with it: asked now
+        assert snapshot.read_file("ci") is None  # a directory is no file
+
+    def test_a_tag_and_a_full_sha(self, make_repo: MakeRepo, cache: MirrorCache) -> None:
+        repo = make_repo({"p.yml": "one\n"})
+        repo.git("tag", "-a", "v1", "-m", "release")
+        first = repo.head()
+        repo.write("p.yml", "two\n")
+        repo.commit("second")
+        tagged = cache.snapshot(repo.url, "refs/tags/v1", ["p.yml"])
+        assert (tagged.commit.sha, tagged.commit.tag) == (first, "v1")
+        assert tagged.read_file("p.yml") == "one\n"
+        by_sha = cache.snapshot(repo.url, first, ["p.yml"], fetch=False)
+        assert by_sha.commit == cache.describe(repo.url, first, fetch=False)
+        assert by_sha.read_file("p.yml") == "one\n"
+
+    def test_a_full_sha_pushed_later_is_fetched_unless_told_not_to(
+        self, make_repo: MakeRepo, cache: MirrorCache
+    ) -> None:
+        repo = make_repo({"p.yml": "one\n"})
+        cache.update(repo.url)
+        repo.write("p.yml", "two\n")
+        later = repo.commit("later")
+        with pytest.raises(CheckoutError, match=f"ref `{later}` not found"):
+            cache.snapshot(repo.url, later, ["p.yml"], fetch=False)
+        assert cache.snapshot(repo.url, later, ["p.yml"]).read_file("p.yml") == "two\n"
+
+    def test_unknown_ref_and_a_file_that_is_not_text(
+        self, make_repo: MakeRepo, cache: MirrorCache
+    ) -> None:
+        repo = make_repo({"a": "1"})
+        (repo.path / "latin.yml").write_bytes("caf\u00e9\n".encode("latin-1"))
+        repo.commit("latin-1")
+        with pytest.raises(CheckoutError, match="the branches are main"):
+            cache.snapshot(repo.url, "refs/heads/nope", ["a"])
+        # Read with the commit, but refused only when it is read as text.
+        snapshot = cache.snapshot(repo.url, "refs/heads/main", ["latin.yml"])
+        with pytest.raises(CheckoutError, match=r"latin\.yml at [0-9a-f]+ in .* is not UTF-8 text"):
+            snapshot.read_file("latin.yml")
+        with pytest.raises(CheckoutError, match="contains a newline"):
+            cache.snapshot(repo.url, "refs/heads/main", ["a\nb"])
+
+
 class TestCheckout:
     def test_older_commit_gives_exactly_its_content(
         self, make_repo: MakeRepo, cache: MirrorCache, tmp_path: Path
@@ -713,6 +796,41 @@ class TestCheckoutCommit:
         with pytest.raises(CheckoutError, match=f"commit {'f' * 40} is not in"):
             cache.checkout_commit(repo.url, "f" * 40, tmp_path / "ws")
         assert not (tmp_path / "ws").exists()
+
+    def test_the_workspace_repository_is_what_git_init_makes_and_checks_clean(
+        self, make_repo: MakeRepo, cache: MirrorCache, tmp_path: Path
+    ) -> None:
+        repo = make_repo({"a": "1\n", "bin/run": "#!/bin/sh\n"})
+        cache.checkout_commit(repo.url, repo.head(), tmp_path / "ws")
+        made = tmp_path / "made"
+        git_in(tmp_path, "init", "-q", "--template=", "--initial-branch=main", str(made))
+        core = ["config", "--local", "--get-regexp", "^core[.]"]
+        assert git_in(tmp_path / "ws", *core) == git_in(made, *core)
+        layout = {p.relative_to(made / ".git") for p in (made / ".git").rglob("*")}
+        ws_layout = {p.relative_to(tmp_path / "ws/.git") for p in (tmp_path / "ws/.git").rglob("*")}
+        assert layout <= ws_layout
+        git_in(tmp_path / "ws", "fsck", "--no-progress")
+        assert git_in(tmp_path / "ws", "status", "--porcelain") == ""
+        git_in(tmp_path / "ws", "switch", "-q", "main")  # the default branch is there too
+
+    def test_new_branches_reach_workspaces_made_after_a_fetch(
+        self, make_repo: MakeRepo, cache: MirrorCache, tmp_path: Path
+    ) -> None:
+        repo = make_repo({"a": "1\n"})
+        first = repo.head()
+        cache.checkout_commit(repo.url, first, tmp_path / "ws1")
+        assert (cache.mirror_path(repo.url) / "conveyor-refs").is_file()  # listed once, kept
+        repo.git("branch", "feature")
+        repo.git("tag", "v2")
+        repo.write("a", "2\n")
+        second = repo.commit("second")
+        cache.checkout_commit(repo.url, second, tmp_path / "ws2")  # fetches
+        cache.checkout_commit(repo.url, first, tmp_path / "ws3")  # no fetch needed
+        for ws in ("ws2", "ws3"):
+            assert git_in(tmp_path / ws, "rev-parse", "origin/feature") == first
+            assert git_in(tmp_path / ws, "rev-parse", "v2") == first
+            assert git_in(tmp_path / ws, "rev-parse", "origin/main") == second
+        assert "origin/feature" not in git_in(tmp_path / "ws1", "branch", "-r")
 
     def test_an_abbreviated_sha_is_refused(
         self, make_repo: MakeRepo, cache: MirrorCache, tmp_path: Path

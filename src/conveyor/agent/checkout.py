@@ -31,6 +31,8 @@ import signal
 import stat
 import subprocess
 import tempfile
+import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -78,6 +80,15 @@ _CREDENTIALS_IN_URL = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)[^/@\
 _FULL_SHA = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")
 _ABBREVIATED_SHA = re.compile(r"^[0-9a-f]{4,63}$")
 _MIRROR_NAME_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+MAINTENANCE_INTERVAL_SECONDS = 60.0
+"""A mirror is offered ``git maintenance run --auto`` after a fetch at most this often
+(per process): git's own thresholds decide whether there is work, which a fetch would
+otherwise ask after each fetch, in a process of its own on the trigger's path."""
+
+_REFS_LISTING = "conveyor-refs"
+"""A mirror's branches and tags as workspaces need them (``for-each-ref`` output), saved
+in the mirror by the first workspace after a change and removed before each fetch."""
 
 _BRANCH_PREFIX = "refs/heads/"
 _TAG_PREFIX = "refs/tags/"
@@ -562,6 +573,7 @@ class MirrorCache:
     def __init__(self, root: Path, *, network_timeout: float = NETWORK_TIMEOUT_SECONDS) -> None:
         self.root = root
         self.network_timeout = network_timeout
+        self._maintained: dict[Path, float] = {}  # mirror -> when it was last maintained
 
     def mirror_path(self, url: str) -> Path:
         """Where the mirror of `url` lives: readable, filesystem-safe, stable for the URL.
@@ -591,15 +603,36 @@ class MirrorCache:
         return mirror
 
     def _fetch(self, url: str, mirror: Path) -> None:
+        # Before the refs change, so that a fetch that fails half-way leaves none stale.
+        (mirror / _REFS_LISTING).unlink(missing_ok=True)
         # The URL is given on the command line, not read from the config, so credentials
         # are used but never stored in the mirror.
         _git_checked(
-            ["fetch", "--prune", "--quiet", "--", url, "+refs/*:refs/*"],
+            ["fetch", "--prune", "--quiet", "--no-auto-maintenance", "--", url, "+refs/*:refs/*"],
             cwd=mirror,
             timeout=self.network_timeout,
             doing=f"fetching {redact_credentials(url)} into its mirror {mirror}",
         )
         logger.info("fetched %s into %s", redact_credentials(url), mirror)
+        self._maintain(mirror)
+
+    def _maintain(self, mirror: Path) -> None:
+        """What ``git fetch`` does after each fetch (``git maintenance run --auto``: a
+        repack or gc when git's thresholds are passed, in the background), here at most
+        once per `MAINTENANCE_INTERVAL_SECONDS` per mirror. Called under the exclusive lock."""
+        now = time.monotonic()
+        last = self._maintained.get(mirror)
+        if last is not None and now - last < MAINTENANCE_INTERVAL_SECONDS:
+            return
+        self._maintained[mirror] = now
+        done = _run_git(
+            ["maintenance", "run", "--auto", "--quiet"],
+            cwd=mirror,
+            doing=f"maintaining the mirror {mirror}",
+        )
+        if done.returncode != 0:  # the mirror still works; the next fetch tries again
+            logger.warning("git maintenance failed in %s: %s", mirror, done.stderr)
+            self._maintained.pop(mirror, None)
 
     def _clone(self, url: str, mirror: Path) -> None:
         # Under the exclusive lock nobody else is cloning this mirror: what is left over
@@ -800,6 +833,34 @@ class MirrorCache:
             )
         return None if found is None else _parse_commit(found, branch=branch, tag=tag)
 
+    def snapshot(
+        self, url: str, ref: str, paths: Sequence[str], *, fetch: bool = True
+    ) -> CommitSnapshot:
+        """The commit `ref` names (as `describe` gives it) with the files at `paths` read
+        in the same git process: what the server needs at a trigger (the commit and its
+        pipeline file). Other files are read through the snapshot's `read_file`."""
+        for path in paths:
+            _path_in_tree(path)
+        _check_ref(ref)
+        mirror = self.mirror_path(url)
+        # A full sha the mirror holds is looked up with the files, as `describe` does.
+        direct = bool(_FULL_SHA.match(ref)) and _is_bare_repository(mirror)
+        resolved = _ResolvedRef(ref) if direct else self._resolve(url, ref, fetch=fetch)
+        sha, branch, tag = resolved.sha, resolved.branch, resolved.tag
+        names = [f"{sha}^{{commit}}", *(f"{sha}:{_path_in_tree(path)}" for path in paths)]
+        doing = f"reading commit {sha} in {mirror}"
+        with _locked(self._lock_path(mirror), exclusive=False):
+            found = _read_objects(mirror, names, doing=doing)
+        if found[0] is None and direct:  # not held yet: fetched (or not found) as resolved
+            self._resolve(url, ref, fetch=fetch)
+            with _locked(self._lock_path(mirror), exclusive=False):
+                found = _read_objects(mirror, names, doing=doing)
+        if found[0] is None:
+            raise CheckoutError(f"commit {sha} vanished from {mirror} while reading it")
+        commit = _parse_commit(found[0], branch=branch, tag=tag)
+        files = dict(zip(paths, found[1:], strict=True))
+        return CommitSnapshot(commit, self, url, files)
+
     def read_file(self, url: str, sha: str, path: str) -> str | None:
         """The text of `path` at commit `sha`, or None when the commit has no such file.
 
@@ -808,13 +869,10 @@ class MirrorCache:
         """
         if not _ABBREVIATED_SHA.match(sha):
             raise CheckoutError(f"`{sha}` is not a commit sha: resolve the ref first")
-        if "\n" in path:
-            raise CheckoutError(f"path {path!r} contains a newline: no file can be read by it")
         mirror = self.mirror_path(url)
-        in_tree = path.strip().lstrip("/").removeprefix("./")
         # The commit and the file in one git process; the mirror is fetched only when
         # it does not hold the commit yet.
-        names = [f"{sha}^{{commit}}", f"{sha}:{in_tree}"]
+        names = [f"{sha}^{{commit}}", f"{sha}:{_path_in_tree(path)}"]
         found: list[_Object | None] = [None, None]
         for attempt in range(2):
             if attempt or not _is_bare_repository(mirror):
@@ -828,16 +886,7 @@ class MirrorCache:
                 f"commit {sha} is not in {redact_credentials(url)}: "
                 "check the sha, or whether it was force-pushed away"
             )
-        blob = found[1]
-        if blob is None or blob.kind != "blob":
-            return None  # no such file, or a directory (tree) or submodule
-        content = blob.content
-        try:
-            return content.decode("utf-8")
-        except UnicodeDecodeError as error:
-            raise CheckoutError(
-                f"{path} at {sha} in {redact_credentials(url)} is not UTF-8 text: save it as UTF-8"
-            ) from error
+        return _file_text(found[1], url, sha, path)
 
     def checkout(self, url: str, ref: str, dest: Path) -> CommitInfo:
         """Make `dest` a fresh workspace at exactly the commit `ref` names, detached.
@@ -880,17 +929,8 @@ class MirrorCache:
         created = _prepare_destination(dest)
         try:
             with _locked(self._lock_path(mirror), exclusive=False):
-                listed = _git_checked(
-                    [
-                        "for-each-ref",
-                        "--format=%(HEAD)%00%(objectname)%00%(refname)",
-                        _BRANCH_PREFIX,
-                        _TAG_PREFIX,
-                    ],
-                    cwd=mirror,
-                    doing=f"listing the branches and tags of the mirror {mirror}",
-                )
-            _share_mirror(mirror, dest, _without_credentials(url), listed.stdout)
+                listed = _refs_listing(mirror)
+            _share_mirror(mirror, dest, _without_credentials(url), listed)
             _git_checked(
                 ["checkout", "--quiet", "--detach", sha],
                 cwd=dest,
@@ -923,6 +963,71 @@ class MirrorCache:
         return heads
 
 
+@dataclass(frozen=True)
+class CommitSnapshot:
+    """A commit and some of its files, read together (`MirrorCache.snapshot`)."""
+
+    commit: CommitInfo
+    cache: MirrorCache
+    url: str
+    files: dict[str, _Object | None]
+    """The files read with the commit, by the path they were asked by."""
+
+    def read_file(self, path: str) -> str | None:
+        """As `MirrorCache.read_file` at this commit; a path read with the commit costs
+        no git process."""
+        if path in self.files:
+            return _file_text(self.files[path], self.url, self.commit.sha, path)
+        return self.cache.read_file(self.url, self.commit.sha, path)
+
+
+def _path_in_tree(path: str) -> str:
+    """`path` as ``git cat-file`` names it below a commit (``<sha>:<path>``)."""
+    if "\n" in path:
+        raise CheckoutError(f"path {path!r} contains a newline: no file can be read by it")
+    return path.strip().lstrip("/").removeprefix("./")
+
+
+def _file_text(blob: _Object | None, url: str, sha: str, path: str) -> str | None:
+    """The text of a file read at `sha`, None when there was none (no such path, or a
+    directory or submodule); a `CheckoutError` when it is not UTF-8."""
+    if blob is None or blob.kind != "blob":
+        return None
+    try:
+        return blob.content.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise CheckoutError(
+            f"{path} at {sha} in {redact_credentials(url)} is not UTF-8 text: save it as UTF-8"
+        ) from error
+
+
+def _refs_listing(mirror: Path) -> bytes:
+    """The mirror's branches and tags (``for-each-ref`` lines of HEAD mark, sha and ref
+    name), from the copy saved in the mirror when there is one (a fetch removes it
+    first), else listed by git and saved. Called under the mirror's shared lock, so no
+    fetch changes the refs meanwhile."""
+    saved = mirror / _REFS_LISTING
+    try:
+        return saved.read_bytes()
+    except FileNotFoundError:
+        pass
+    listed = _git_checked(
+        [
+            "for-each-ref",
+            "--format=%(HEAD)%00%(objectname)%00%(refname)",
+            _BRANCH_PREFIX,
+            _TAG_PREFIX,
+        ],
+        cwd=mirror,
+        doing=f"listing the branches and tags of the mirror {mirror}",
+    ).stdout
+    # Readers hold the lock together: each writes its own file and renames it in place.
+    staging = saved.with_name(f".{saved.name}.{os.getpid()}.{threading.get_ident()}")
+    staging.write_bytes(listed)
+    staging.replace(saved)
+    return listed
+
+
 def _share_mirror(mirror: Path, dest: Path, origin_url: str, refs: bytes) -> None:
     """Make `dest` what ``git clone --shared --no-checkout <mirror> <dest>`` makes, with
     `origin_url` as origin: objects borrowed from the mirror, its branches as
@@ -942,13 +1047,7 @@ def _share_mirror(mirror: Path, dest: Path, origin_url: str, refs: bytes) -> Non
                 packed.append((name, sha))
         elif name.startswith(_TAG_PREFIX.encode()):
             packed.append((name, sha))
-    # No template: the sample hooks and the rest of it cost more than the whole
-    # checkout of a small repository (a workspace never runs hooks of its own).
-    init = ["init", "--quiet", "--template="]
-    if default_branch is not None:
-        init.append(f"--initial-branch={os.fsdecode(default_branch)}")
-    _git_checked([*init, "--", str(dest)], doing=f"creating the workspace {dest}")
-    git_dir = dest / ".git"
+    git_dir = _init_repository(dest, os.fsdecode(default_branch or b"master"))
     (git_dir / "objects" / "info" / "alternates").write_text(
         f"{mirror.resolve() / 'objects'}\n", encoding="utf-8"
     )
@@ -974,6 +1073,29 @@ def _share_mirror(mirror: Path, dest: Path, origin_url: str, refs: bytes) -> Non
         ]
     with (git_dir / "config").open("a", encoding="utf-8") as handle:
         handle.write("\n".join(config) + "\n")
+
+
+def _init_repository(dest: Path, branch: str) -> Path:
+    """Make `dest` what ``git init --template= --initial-branch=<branch>`` makes on a
+    POSIX filesystem (the repository layout of gitrepository-layout(5)), and return its
+    ``.git``: written here, as one process fewer per job (git init alone costs about as
+    much as the checkout of a small repository)."""
+    git_dir = dest / ".git"
+    try:
+        for part in ("objects/info", "objects/pack", "refs/heads", "refs/tags"):
+            (git_dir / part).mkdir(parents=True, exist_ok=True)
+        (git_dir / "HEAD").write_text(f"ref: {_BRANCH_PREFIX}{branch}\n", encoding="utf-8")
+        (git_dir / "config").write_text(
+            "[core]\n\trepositoryformatversion = 0\n\tfilemode = true\n"
+            "\tbare = false\n\tlogallrefupdates = true\n",
+            encoding="utf-8",
+        )
+    except OSError as error:
+        raise CheckoutError(
+            f"cannot create the workspace {dest}: {error.strerror or error}; "
+            "check that the agent's work directory is writable and has free space"
+        ) from error
+    return git_dir
 
 
 def _config_value(value: str) -> str:

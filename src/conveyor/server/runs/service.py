@@ -138,14 +138,13 @@ def resolve_ref(settings: Settings, project: Project, ref: str) -> ResolvedCommi
             detail={"project": project.name},
         ) from error
     try:
-        commit = cache.describe(url, ref, fetch=False)
+        # The commit and the project's pipeline file in one git process.
+        snapshot = cache.snapshot(url, ref, [project.pipeline_path], fetch=False)
     except CheckoutError as error:
         raise RefNotFoundError(
             str(error), detail={"project": project.name, "ref": ref.removeprefix("refs/heads/")}
         ) from error
-
-    def read_file(path: str) -> str | None:
-        return cache.read_file(url, commit.sha, path)
+    commit, read_file = snapshot.commit, snapshot.read_file
 
     # The readers load at the first pipeline read, not with the server (YAML, 2 MiB).
     from conveyor.pipeline.loading import load_pipeline
