@@ -4,8 +4,8 @@ are stored, then the end; no gap, no duplicate.
 One `StepFollower` per followed step loads the step once (its file, its masker, what
 its status message says), then reads the new bytes of its file ONCE per wake-up (a
 `log:<step id>` event, a `run:<run id>` status event, or a slow poll as a safety net;
-the events that arrive while it reads, or within `COALESCE_SECONDS` of the first, make
-one wake-up), masks them once, serialises each message once, and hands the same text
+the events that arrive while it reads, or within `COALESCE_SECONDS` of a first `log:`
+one, make one wake-up), masks them once, serialises each message once, and hands the same text
 to every viewer; a viewer costs a queue, not a database query or a file read. The follower
 also keeps its latest messages (`HISTORY_BYTES`), so a viewer who joins a running
 step gets the recent part of its backlog from memory; only lines stored before the
@@ -59,7 +59,7 @@ from conveyor.agent.masking import Masker
 from conveyor.logstore import TimeRun, read_time_runs
 from conveyor.protocol.status import Status
 from conveyor.server.config import Settings
-from conveyor.server.events import OVERFLOW, EventBus
+from conveyor.server.events import OVERFLOW, Event, EventBus, Subscription
 from conveyor.server.logs import repository, service
 from conveyor.server.logs.paths import log_attempt, step_log_path
 from conveyor.server.logs.service import mask_lines, read_stored_lines, split_lines
@@ -493,11 +493,7 @@ class StepFollower:
                     self._send(EndMessage(self.final))
                     return
                 event = await subscription.get(within=POLL_SECONDS)
-                # Every append since the last read is one read: the events that came
-                # meanwhile are taken together, not one wake-up (and read) each.
-                if event is not None and COALESCE_SECONDS:
-                    await asyncio.sleep(COALESCE_SECONDS)
-                events = [event, *subscription.get_pending()]
+                events = [event, *await _coalesced(subscription, event)]
                 check_status = any(
                     event is None or event.kind == OVERFLOW or event.topic.startswith("run:")
                     for event in events
@@ -507,6 +503,25 @@ class StepFollower:
                 subscription.close()
             self.ready.set()
             self._on_done(self)
+
+
+async def _coalesced(subscription: Subscription, first: Event | None) -> list[Event]:
+    """The events that follow `first` within `COALESCE_SECONDS` of an append: every
+    append since the last read is one read, not one wake-up (and read) each. A status
+    change (a few per step) ends the wait: a step's start and end reach viewers at once."""
+    if first is None or not first.topic.startswith("log:") or not COALESCE_SECONDS:
+        return subscription.get_pending()
+    loop = asyncio.get_running_loop()
+    until = loop.time() + COALESCE_SECONDS
+    events: list[Event] = []
+    while (left := until - loop.time()) > 0:
+        event = await subscription.get(within=left)
+        if event is None:
+            break
+        events.append(event)
+        if not event.topic.startswith("log:"):
+            break
+    return events + subscription.get_pending()
 
 
 class LogStreams:
