@@ -106,6 +106,9 @@ class EventBus:
         self._lock = threading.Lock()
         self._by_topic: dict[str, set[Subscription]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.deliveries = 0
+        """Deliveries so far (counted in the loop, each a batch of events): a reader that
+        started when this was at least N has seen every change delivered by the Nth."""
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         """The loop subscribers live in; set at server start."""
@@ -138,6 +141,7 @@ class EventBus:
             return
 
         def deliver() -> None:
+            self.deliveries += 1
             for item, subscribers in targets:
                 for subscription in subscribers:
                     subscription._deliver(item)

@@ -24,7 +24,8 @@ from conveyor.server.app import create_app
 from conveyor.server.config import Settings
 from conveyor.server.db import dialect
 from conveyor.server.db.base import utcnow
-from conveyor.server.logs import service
+from conveyor.server.events import Event, EventBus
+from conveyor.server.logs import service, streams
 from conveyor.server.logs.routes import CHECK_REMEMBERED_SECONDS
 from conveyor.server.models.agent import Agent
 from conveyor.server.models.job import Job
@@ -324,6 +325,78 @@ class TestFollowJob:
             (records.steps[2].id, "skipped"),
         ]
         assert messages[-1] == {"type": "end", "status": "success"}
+
+    def test_viewers_woken_together_share_their_look_for_the_next_step(
+        self,
+        db_session: Session,
+        server_app: FastAPI,
+        server_settings: Settings,
+        server_url: str,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """After the last step, each viewer waits for the job's end and looks again at
+        every change of the run: viewers woken by the same change make one query."""
+        records = add_run(db_session, steps=1)
+        token = _token(db_session)
+        agent_row = Agent(name="a1")
+        db_session.add(agent_row)
+        db_session.commit()
+        factory: sessionmaker[Session] = server_app.state.session_factory
+        write_options = dialect.write_transaction_options(server_app.state.engine)
+        looks: list[int] = []
+        original = streams.LogStreams._job_step
+
+        def counted(self: streams.LogStreams, job_id: int, index: int) -> Any:
+            looks.append(index)
+            return original(self, job_id, index)
+
+        monkeypatch.setattr(streams.LogStreams, "_job_step", counted)
+
+        def in_job(change: Callable[[Session, Job], None]) -> None:
+            with factory() as session:
+                session.connection(execution_options=write_options)
+                job = session.get(Job, records.job.id)
+                assert job is not None
+                change(session, job)
+                session.commit()
+
+        in_job(
+            lambda session, job: state.start_job(
+                session,
+                job,
+                agent_id=agent_row.id,
+                lease_id="lease",
+                lease_expires_at=utcnow() + timedelta(minutes=5),
+            )
+        )
+        agent = Agentlike(server_app, server_settings, records.steps[0].id)
+        agent.start()
+        agent.send(_numbered(0, 10))
+        viewers = 20
+        url = _ws_url(server_url, f"/jobs/{records.job.id}/ws?token={token}")
+        connections = [connect(url) for _ in range(viewers)]
+        try:
+            for connection in connections:  # every viewer follows the step
+                while json.loads(connection.recv(timeout=RECEIVE_TIMEOUT))["type"] != "lines":
+                    pass
+            agent.finish()
+            # Each viewer now waits for the job: its step is gone and the job runs.
+            deadline = time.monotonic() + RECEIVE_TIMEOUT
+            while looks.count(1) < 1 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            time.sleep(0.2)
+            bus: EventBus = server_app.state.event_bus
+            for _ in range(3):  # changes of the run that are not yet its end
+                bus.publish([Event(topic=f"run:{records.run.id}", kind="status")])
+                time.sleep(0.1)
+            in_job(lambda session, job: state.finish_job(session, job, Status.SUCCESS))
+            for connection in connections:
+                assert _receive_all(connection)[-1] == {"type": "end", "status": "success"}
+        finally:
+            for connection in connections:
+                connection.close()
+        # Without sharing: a look per viewer at each wake-up (20 x 5 here at least).
+        assert 1 <= looks.count(1) <= 8, looks
 
 
 class TestStreamPermissions:

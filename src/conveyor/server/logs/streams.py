@@ -538,7 +538,11 @@ class LogStreams:
         self.backlogs = Backlogs()
         self._step_ids: dict[tuple[int, int], int] = {}
         """(job id, step index) -> step id: a step keeps its id for as long as it lives."""
-        self._asking: dict[tuple[int, int], asyncio.Future[tuple[Status | None, int | None]]] = {}
+        self._asking: dict[
+            tuple[int, int], tuple[int, asyncio.Future[tuple[Status | None, int | None]]]
+        ] = {}
+        """(job id, step index) -> the query under way: the bus's deliveries when it
+        started, and its answer to come."""
 
     def _status_now(self, step_id: int) -> Status | None:
         with self._session_factory() as session:
@@ -639,23 +643,25 @@ class LogStreams:
         await send(end_text(final))
 
     async def _step_of_job(
-        self, job_id: int, index: int, *, fresh: bool = False
+        self, job_id: int, index: int, *, seen: int | None = None
     ) -> tuple[Status | None, int | None]:
         """The job's status and the id of its step `index` (see `_job_step`). A step's
-        id never changes, so once found it is remembered; viewers asking at the same
-        time share one query, unless `fresh` (a newer answer is needed)."""
+        id never changes, so once found it is remembered. Viewers asking at the same
+        time share one query; with `seen` (the bus's `deliveries` when the caller
+        woke), only a query started since then, which sees every change the caller
+        was woken for: a hundred viewers woken by one status change make one query."""
         key = (job_id, index)
         step_id = self._step_ids.get(key)
         if step_id is not None:
             return None, step_id
-        asking = None if fresh else self._asking.get(key)
-        if asking is None:
-            asking = asyncio.ensure_future(asyncio.to_thread(self._job_step, job_id, index))
-            self._asking[key] = asking
-            asking.add_done_callback(
-                lambda done: self._asking.pop(key) if self._asking.get(key) is done else None
+        asking = self._asking.get(key)
+        if asking is None or (seen is not None and asking[0] < seen):
+            future = asyncio.ensure_future(asyncio.to_thread(self._job_step, job_id, index))
+            asking = self._asking[key] = (self._bus.deliveries, future)
+            future.add_done_callback(
+                lambda done: self._asking.pop(key) if self._asking.get(key) is asking else None
             )
-        job_status, step_id = await asyncio.shield(asking)
+        job_status, step_id = await asyncio.shield(asking[1])
         if step_id is not None:
             if len(self._step_ids) >= MAX_REMEMBERED_STEP_IDS:
                 self._step_ids.clear()
@@ -669,12 +675,11 @@ class LogStreams:
         `first_index` (line `offset` of that one, line 0 of the next ones), then the end
         with the job's status."""
         subscription = None
+        seen: int | None = None  # the bus's deliveries when the answer was last stale
         index, line = first_index, offset
         try:
             while True:
-                job_status, step_id = await self._step_of_job(
-                    job_id, index, fresh=subscription is not None
-                )
+                job_status, step_id = await self._step_of_job(job_id, index, seen=seen)
                 if step_id is None:
                     if job_status is None or job_status.finished:
                         await send(end_text(job_status or Status.ERROR))
@@ -683,12 +688,14 @@ class LogStreams:
                         # The next step (or the job's end) is not recorded yet: wait
                         # for the run to change, then look again.
                         subscription = self._bus.subscribe([f"run:{run_id}"])
-                        continue
-                    await subscription.get(within=POLL_SECONDS)
+                    else:
+                        await subscription.get(within=POLL_SECONDS)
+                    seen = self._bus.deliveries
                     continue
                 follower = await self.follower(step_id)
                 if follower is None or follower.source is None or follower.source.job_id != job_id:
                     self._step_ids.pop((job_id, index), None)  # gone: look again
+                    seen = self._bus.deliveries
                     continue
                 final = await stream_step(self, follower, line, send)
                 await send(_status_text(step_id, final))
