@@ -3,6 +3,7 @@ server, on SQLite and PostgreSQL: backlog, live lines and end, no gap, no duplic
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import threading
@@ -374,8 +375,8 @@ class TestFollowJob:
         agent.send(_numbered(0, 10))
         viewers = 20
         url = _ws_url(server_url, f"/jobs/{records.job.id}/ws?token={token}")
-        connections = [connect(url) for _ in range(viewers)]
-        try:
+        with contextlib.ExitStack() as stack:
+            connections = [stack.enter_context(connect(url)) for _ in range(viewers)]
             for connection in connections:  # every viewer follows the step
                 while json.loads(connection.recv(timeout=RECEIVE_TIMEOUT))["type"] != "lines":
                     pass
@@ -392,9 +393,6 @@ class TestFollowJob:
             in_job(lambda session, job: state.finish_job(session, job, Status.SUCCESS))
             for connection in connections:
                 assert _receive_all(connection)[-1] == {"type": "end", "status": "success"}
-        finally:
-            for connection in connections:
-                connection.close()
         # Without sharing: a look per viewer at each wake-up (20 x 5 here at least).
         assert 1 <= looks.count(1) <= 8, looks
 
