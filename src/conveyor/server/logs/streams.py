@@ -83,10 +83,12 @@ POLL_SECONDS = 5.0
 MAX_QUEUED_MESSAGES = 256
 """Messages a viewer may have waiting before it is detached to catch up from the file."""
 MAX_REMEMBERED_STEP_IDS = 4_096
-COALESCE_SECONDS = 0.02
+COALESCE_SECONDS = 0.01
 """How long a woken follower waits for more appends before it reads: a step printing
 fast sends a batch every few ms, and one read of several batches is one message per
-viewer instead of several (each send costs per viewer); a live line is this late."""
+viewer instead of several (each send costs per viewer); a live line is this late.
+Measured with (c) of bench/server.py, six runs each in turn: 20 ms gave a median of
+1.75x, 10 ms 1.64x (the viewers get the first lines while the step still prints)."""
 
 
 @dataclass(frozen=True)
