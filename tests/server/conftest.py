@@ -18,6 +18,7 @@ from conveyor.server.models.user import User
 from conveyor.server.users import passwords
 from conveyor.server.users import service as users_service
 from tests.fixtures.databases import (
+    as_writer,
     database_url,
     db_session,
     fresh_database_url,
@@ -65,9 +66,13 @@ def password_hash() -> str:
 
 
 def add_user(session: Session, name: str, *, is_admin: bool = False) -> User:
-    """A committed local user whose password is PASSWORD."""
+    """A committed local user whose password is PASSWORD (what the session held before
+    is committed first: the user is written by a writer from the start, see
+    `as_writer`)."""
+    hashed = password_hash()
+    as_writer(session)
     user = users_service.create_user(session, name, None, is_admin=is_admin)
-    user.password_hash = password_hash()
+    user.password_hash = hashed
     session.commit()
     return user
 

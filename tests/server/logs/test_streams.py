@@ -35,6 +35,7 @@ from conveyor.server.models.step import Step
 from conveyor.server.runs import state
 from conveyor.server.users import service as users_service
 from conveyor.server.websocket_protocol import deflate
+from tests.fixtures.databases import as_writer
 from tests.fixtures.rawwebsocket import inflate, raw_websocket
 from tests.fixtures.servers import serve
 from tests.server.conftest import add_user, sign_in
@@ -49,6 +50,7 @@ BASE = 1_795_000_000_000
 
 def _token(session: Session, name: str = "ada", *, is_admin: bool = True) -> str:
     user = add_user(session, name, is_admin=is_admin)
+    as_writer(session)
     created = users_service.create_api_token(session, user, "ws")
     session.commit()
     return created.plaintext
