@@ -211,11 +211,16 @@ def bench_latency(server: Server, api: httpx.Client, token: str, repo: str, runs
         print(f"      {name:48s} {statistics.median(values) * 1000:7.1f} ms")
 
 
-def bench_throughput(root: Path, repo: str, queued: int, database_url: str | None) -> float:
+def bench_throughput(
+    root: Path, repo: str, queued: int, database_url: str | None, password: str | None
+) -> float:
+    """`password`: the admin's, from the first server; on a database given by URL,
+    which that server set up, this one makes no new admin."""
     data = root / "throughput"
     server = Server(data, agents=0, database_url=database_url)
-    assert server.password
-    api, _ = sign_in(server.url, server.password)
+    admin_password = server.password or password
+    assert admin_password
+    api, _ = sign_in(server.url, admin_password)
     api.post("/api/v1/projects", json={"name": "many", "git_url": repo}).raise_for_status()
     started = time.perf_counter()
     ids = [
@@ -627,7 +632,7 @@ def run_parts(root: Path, args: argparse.Namespace, parts: set[str]) -> None:
     finally:
         server.stop()
     rss_after_queue = (
-        bench_throughput(root, quick, args.queued, args.database_url)
+        bench_throughput(root, quick, args.queued, args.database_url, server.password)
         if "throughput" in parts
         else None
     )
