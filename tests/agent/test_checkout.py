@@ -365,7 +365,9 @@ class TestUpdate:
         for round_ in range(2):
             repo.write("a", f"round {round_}")
             repo.commit(f"round {round_}")
-            cache.update(repo.url)
+            # A cache per fetch, as the server makes one per trigger: the interval is
+            # the process's.
+            MirrorCache(cache.root).update(repo.url)
             if round_ == 0:
                 assert packs() == 1  # the first fetch is followed by a gc: repacked
             else:

@@ -86,6 +86,9 @@ MAINTENANCE_INTERVAL_SECONDS = 60.0
 (per process): git's own thresholds decide whether there is work, which a fetch would
 otherwise ask after each fetch, in a process of its own on the trigger's path."""
 
+_maintained: dict[Path, float] = {}
+"""Mirror -> when this process last ran maintenance in it (caches are made per use)."""
+
 _REFS_LISTING = "conveyor-refs"
 """A mirror's branches and tags as workspaces need them (``for-each-ref`` output), saved
 in the mirror by the first workspace after a change and removed before each fetch."""
@@ -573,7 +576,6 @@ class MirrorCache:
     def __init__(self, root: Path, *, network_timeout: float = NETWORK_TIMEOUT_SECONDS) -> None:
         self.root = root
         self.network_timeout = network_timeout
-        self._maintained: dict[Path, float] = {}  # mirror -> when it was last maintained
 
     def mirror_path(self, url: str) -> Path:
         """Where the mirror of `url` lives: readable, filesystem-safe, stable for the URL.
@@ -619,12 +621,13 @@ class MirrorCache:
     def _maintain(self, mirror: Path) -> None:
         """What ``git fetch`` does after each fetch (``git maintenance run --auto``: a
         repack or gc when git's thresholds are passed, in the background), here at most
-        once per `MAINTENANCE_INTERVAL_SECONDS` per mirror. Called under the exclusive lock."""
+        once per `MAINTENANCE_INTERVAL_SECONDS` per mirror and process (the server makes
+        a cache per trigger). Called under the exclusive lock."""
         now = time.monotonic()
-        last = self._maintained.get(mirror)
+        last = _maintained.get(mirror)
         if last is not None and now - last < MAINTENANCE_INTERVAL_SECONDS:
             return
-        self._maintained[mirror] = now
+        _maintained[mirror] = now
         done = _run_git(
             ["maintenance", "run", "--auto", "--quiet"],
             cwd=mirror,
@@ -632,7 +635,7 @@ class MirrorCache:
         )
         if done.returncode != 0:  # the mirror still works; the next fetch tries again
             logger.warning("git maintenance failed in %s: %s", mirror, done.stderr)
-            self._maintained.pop(mirror, None)
+            _maintained.pop(mirror, None)
 
     def _clone(self, url: str, mirror: Path) -> None:
         # Under the exclusive lock nobody else is cloning this mirror: what is left over
