@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import itertools
+import json
 import os
 import re
 import signal
@@ -27,11 +28,13 @@ from typing import Any
 
 import httpx
 import pytest
+from websockets.sync.client import connect
 
 from tests.e2e.test_server_process import ServerProcess, free_port
 from tests.fixtures.databases import empty_database
 from tests.fixtures.gitrepos import Repo, git
 from tests.fixtures.tcpproxy import TcpProxy
+from tests.server.web.conftest import CHROMIUM, CHROMIUM_ARGS
 
 HEARTBEAT_SECONDS = 0.5
 HEARTBEAT_REQUEST = b"POST /api/v1/agent/heartbeat "
@@ -350,6 +353,39 @@ class TestUploadCutInTheMiddle:
             assert job["attempts"] == 1, figure
 
 
+class LogViewer:
+    """Follows one step's log over a real WebSocket, in a thread, until its end."""
+
+    def __init__(self, site: Site, run_id: int, step_id: int) -> None:
+        created = site.api.post("/api/v1/user/tokens", json={"name": f"viewer-{step_id}"})
+        assert created.status_code == 201, created.text
+        self.url = (
+            site.server.url.replace("http://", "ws://")
+            + f"/api/v1/runs/{run_id}/logs/ws?step={step_id}&token={created.json()['token']}"
+        )
+        self.received: list[dict[str, Any]] = []
+        self.failure: BaseException | None = None
+        self.thread = threading.Thread(target=self._follow, daemon=True)
+        self.thread.start()
+
+    def _follow(self) -> None:
+        try:
+            with connect(self.url) as connection:
+                while True:
+                    message = json.loads(connection.recv(timeout=60))
+                    self.received.append(message)
+                    if message["type"] in ("end", "error"):
+                        return
+        except BaseException as failure:  # reported by `messages`
+            self.failure = failure
+
+    def messages(self, timeout: float) -> list[dict[str, Any]]:
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), f"no end within {timeout} s: {self.received[-3:]}"
+        assert self.failure is None, self.failure
+        return self.received
+
+
 @dataclass
 class FrozenAgentOutcome:
     figure: str
@@ -360,12 +396,48 @@ class FrozenAgentOutcome:
     step_pid_alive_before_thaw: bool
     agent_alive: bool
     agent_log: str
+    viewer_messages: list[dict[str, Any]]
+    """What a viewer of the step's log got, from before the freeze to the end."""
+    page_rows: list[str]
+    """The step's log rows on the run's page, open since before the freeze."""
+    page_line_count: str
 
 
 @pytest.fixture(scope="class")
-def frozen_agent(tmp_path_factory: pytest.TempPathFactory) -> FrozenAgentOutcome:
+def run_page() -> Iterator[Callable[[Site, int], Any]]:
+    """Opens a run's page in Chromium, signed in as the site's admin."""
+    if not CHROMIUM.exists():
+        pytest.fail(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
+        )
+
+        def open_page(site: Site, run_id: int) -> Any:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.set_default_timeout(20_000)
+            page.goto(site.server.url + "/ui/sign-in")
+            page.get_by_label("Name").fill("admin")
+            page.get_by_label("Password").fill(site.server.password)
+            page.get_by_role("button", name="Sign in").click()
+            page.wait_for_url(re.compile(r"^(?!.*/ui/sign-in).*$"))
+            page.goto(f"{site.server.url}/ui/runs/{run_id}")
+            return page
+
+        yield open_page
+        browser.close()
+
+
+@pytest.fixture(scope="class")
+def frozen_agent(
+    tmp_path_factory: pytest.TempPathFactory, run_page: Callable[[Site, int], Any]
+) -> FrozenAgentOutcome:
     """Agent "frozen" runs the first attempt and is SIGSTOPped for longer than the
-    lease; agent "healthy" runs the re-run to its end; then "frozen" gets SIGCONT."""
+    lease; agent "healthy" runs the re-run to its end; then "frozen" gets SIGCONT.
+    A viewer follows the step's log over a WebSocket, and the run's page in Chromium
+    shows it, from before the freeze to the end."""
     lease = 3.0
     root = tmp_path_factory.mktemp("frozen")
     marker, pid_file = root / "first-attempt", root / "step.pid"
@@ -383,6 +455,10 @@ def frozen_agent(tmp_path_factory: pytest.TempPathFactory) -> FrozenAgentOutcome
         assert created.status_code == 201, created.text
         run_id = site.trigger("slow")
         step_id = wait_for_line(site, run_id, "first attempt 5")
+        viewer = LogViewer(site, run_id, step_id)
+        page = run_page(site, run_id)
+        page_log = page.locator("details.step[open]").last
+        page_log.locator(".log-row", has_text=re.compile(r"first attempt 5$")).wait_for()
         step_pid = int(pid_file.read_text())
         [workspace] = (root / "frozen" / "work").glob("job-*-1")
 
@@ -395,6 +471,10 @@ def frozen_agent(tmp_path_factory: pytest.TempPathFactory) -> FrozenAgentOutcome
         site.wait_for(lambda: site.job(run_id)["agent"] == "healthy", 20, "claimed by healthy")
         run_before_thaw = site.wait_finished(run_id)
         log_before_thaw = site.raw_log(step_id)
+        viewer_messages = viewer.messages(timeout=20)
+        page_log.locator(".log-row", has_text=re.compile(r"re-run done$")).wait_for()
+        page_rows = page_log.locator(".log-row").all_inner_texts()
+        page_line_count = page_log.locator("[data-line-count]").inner_text()
         # The frozen agent's step printed on all this time (into a pipe nobody reads).
         step_pid_alive_before_thaw = Path(f"/proc/{step_pid}").exists()
 
@@ -423,6 +503,9 @@ def frozen_agent(tmp_path_factory: pytest.TempPathFactory) -> FrozenAgentOutcome
             step_pid_alive_before_thaw=step_pid_alive_before_thaw,
             agent_alive=frozen.poll() is None,
             agent_log=site.agent_log("frozen"),
+            viewer_messages=viewer_messages,
+            page_rows=page_rows,
+            page_line_count=page_line_count,
         )
 
 
@@ -457,6 +540,31 @@ class TestAgentFrozenLongerThanTheLease:
     def test_rerun_log_holds_what_the_rerun_printed(self, frozen_agent: FrozenAgentOutcome) -> None:
         lines = frozen_agent.log_after_thaw.splitlines()
         assert lines[1:] == ["re-run done"], lines
+
+    def test_a_log_viewer_is_told_the_log_began_again_and_gets_the_rerun(
+        self, frozen_agent: FrozenAgentOutcome
+    ) -> None:
+        messages = frozen_agent.viewer_messages
+        restarts = [i for i, message in enumerate(messages) if message["type"] == "restart"]
+        assert len(restarts) == 1, messages
+        restart = restarts[0]
+        assert messages[restart]["attempt"] == 2
+
+        def lines(part: list[dict[str, Any]]) -> list[str]:
+            return [line for m in part if m["type"] == "lines" for line in m["lines"]]
+
+        assert "first attempt 5" in lines(messages[:restart])
+        after = [m for m in messages[restart + 1 :] if m["type"] == "lines"]
+        assert after and after[0]["start"] == 0, after
+        assert lines(after) == frozen_agent.log_after_thaw.splitlines()
+        assert messages[-1] == {"type": "end", "status": "success"}
+
+    def test_the_run_page_shows_the_rerun_log_alone(self, frozen_agent: FrozenAgentOutcome) -> None:
+        rows = frozen_agent.page_rows
+        # A line of the first attempt ("first attempt N"), not the command that prints them.
+        assert any(row.endswith("re-run done") for row in rows), rows
+        assert not any(re.search(r"first attempt \d+$", row) for row in rows), rows
+        assert frozen_agent.page_line_count == str(len(frozen_agent.log_after_thaw.splitlines()))
 
 
 BUSY_LOG_LINES = 100_000

@@ -399,6 +399,129 @@ class TestFollowJob:
         assert 1 <= looks.count(1) <= 8, looks
 
 
+class TestRequeuedJob:
+    """A job put back in the queue (its agent was lost) runs again under a new attempt,
+    whose log begins empty: viewers are told (`restart`) and get the new lines from 0."""
+
+    def _start(self, app: FastAPI, job_id: int, agent_id: int) -> None:
+        self._in_job(app, job_id, lambda session, job: state.start_job(
+            session, job, agent_id=agent_id, lease_id=f"lease-{job.attempts}",
+            lease_expires_at=utcnow() + timedelta(minutes=5),
+        ))  # fmt: skip
+
+    def _in_job(self, app: FastAPI, job_id: int, change: Callable[[Session, Job], None]) -> None:
+        factory: sessionmaker[Session] = app.state.session_factory
+        with factory() as session:
+            session.connection(
+                execution_options=dialect.write_transaction_options(app.state.engine)
+            )
+            job = session.get(Job, job_id)
+            assert job is not None
+            change(session, job)
+            session.commit()
+
+    def _agent(self, db_session: Session) -> int:
+        agent_row = Agent(name="a1")
+        db_session.add(agent_row)
+        db_session.commit()
+        return agent_row.id
+
+    @staticmethod
+    def _restarts(messages: list[dict[str, Any]]) -> list[int]:
+        return [i for i, m in enumerate(messages) if m["type"] == "restart"]
+
+    def test_a_step_viewer_gets_the_new_attempts_log_from_line_0(
+        self,
+        db_session: Session,
+        server_app: FastAPI,
+        server_settings: Settings,
+        server_url: str,
+    ) -> None:
+        records = add_run(db_session, steps=1)
+        token = _token(db_session)
+        agent_id = self._agent(db_session)
+        step_id, job_id = records.steps[0].id, records.job.id
+        self._start(server_app, job_id, agent_id)
+        first = Agentlike(server_app, server_settings, step_id)
+        first.start()
+        first.send(_numbered(0, 300))
+        url = _ws_url(
+            server_url, f"/api/v1/runs/{records.run.id}/logs/ws?step={step_id}&token={token}"
+        )
+        with connect(url) as connection:
+            seen = 0
+            while seen < 300:  # the first attempt's lines, live
+                message = json.loads(connection.recv(timeout=RECEIVE_TIMEOUT))
+                seen += len(message.get("lines", []))
+            self._in_job(server_app, job_id, lambda session, job: state.requeue_job(
+                session, job, reason="agent lost"
+            ))  # fmt: skip
+            self._start(server_app, job_id, agent_id)
+            second = Agentlike(server_app, server_settings, step_id)
+            second.start()
+            _send_in_random_batches(second, _numbered(0, 1_000), seed=5)
+            second.finish()
+            messages = _receive_all(connection)
+        [restart] = self._restarts(messages)
+        assert messages[restart] == {"type": "restart", "step": step_id, "attempt": 2}
+        after = messages[restart + 1 :]
+        assert _lines_of(after, step_id, 0) == [f"line {i} {'=' * (i % 40)}" for i in range(1_000)]
+        assert after[-1] == {"type": "end", "status": "success"}
+        # A viewer who comes now reads the new attempt's log, without a restart.
+        with connect(url) as connection:
+            again = _receive_all(connection)
+        assert not self._restarts(again)
+        assert len(_lines_of(again, step_id, 0)) == 1_000
+
+    def test_a_job_viewer_begins_again_with_the_first_step(
+        self,
+        db_session: Session,
+        server_app: FastAPI,
+        server_settings: Settings,
+        server_url: str,
+    ) -> None:
+        records = add_run(db_session, steps=2)
+        token = _token(db_session)
+        agent_id = self._agent(db_session)
+        first_step, second_step = (step.id for step in records.steps)
+        job_id = records.job.id
+        self._start(server_app, job_id, agent_id)
+        done = Agentlike(server_app, server_settings, first_step)
+        done.start()
+        done.send(_numbered(0, 50))
+        done.finish()
+        running = Agentlike(server_app, server_settings, second_step)
+        running.start()
+        running.send(_numbered(0, 20))
+        url = _ws_url(server_url, f"/jobs/{job_id}/ws?token={token}")
+        with connect(url) as connection:
+            seen = 0
+            while seen < 70:
+                message = json.loads(connection.recv(timeout=RECEIVE_TIMEOUT))
+                seen += len(message.get("lines", []))
+            self._in_job(server_app, job_id, lambda session, job: state.requeue_job(
+                session, job, reason="agent lost"
+            ))  # fmt: skip
+            self._start(server_app, job_id, agent_id)
+            for step_id, count in ((first_step, 400), (second_step, 30)):
+                agent = Agentlike(server_app, server_settings, step_id)
+                agent.start()
+                agent.send(_numbered(0, count))
+                agent.finish()
+            self._in_job(
+                server_app,
+                job_id,
+                lambda session, job: state.finish_job(session, job, Status.SUCCESS),
+            )
+            messages = _receive_all(connection)
+        [restart] = self._restarts(messages)
+        assert messages[restart] == {"type": "restart", "step": second_step, "attempt": 2}
+        after = messages[restart + 1 :]
+        assert _lines_of(after, first_step, 0) == [f"line {i} {'=' * (i % 40)}" for i in range(400)]
+        assert len(_lines_of(after, second_step, 0)) == 30
+        assert after[-1] == {"type": "end", "status": "success"}
+
+
 class TestStreamPermissions:
     def _refusal(self, url: str) -> tuple[dict[str, Any], int | None]:
         """The error message of a refused stream and the close code that follows it."""

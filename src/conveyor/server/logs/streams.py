@@ -102,6 +102,16 @@ class StepSource:
     name: str
     path: Path
     masker: Masker
+    attempt: int = 1
+    """The job's attempt whose log `path` is (see `logs.paths.log_attempt`)."""
+
+
+@dataclass(frozen=True)
+class StepState:
+    """A step's status and the attempt of its job whose log it shows."""
+
+    status: Status
+    attempt: int
 
 
 @dataclass(frozen=True)
@@ -143,7 +153,15 @@ class Lagged:
     """Put in a viewer's queue when it fell too far behind."""
 
 
-Message = LinesMessage | StatusMessage | EndMessage | Lagged
+@dataclass(frozen=True)
+class RestartMessage:
+    """The step's log begins again: its job was put back in the queue (its agent was
+    lost) and attempt `attempt` writes a log of its own, from line 0."""
+
+    attempt: int
+
+
+Message = LinesMessage | StatusMessage | EndMessage | Lagged | RestartMessage
 
 
 def lines_message(
@@ -402,7 +420,7 @@ class StepFollower:
         step_id: int,
         bus: EventBus,
         load: Callable[[int], Awaitable[StepSource | None]],
-        step_status: Callable[[int], Awaitable[Status | None]],
+        step_status: Callable[[int], Awaitable[StepState | None]],
         on_done: Callable[[StepFollower], None],
     ) -> None:
         self.step_id = step_id
@@ -463,6 +481,22 @@ class StepFollower:
                 self._send(message)
                 self.position = message.end
 
+    async def _restart(self) -> StepSource | None:
+        """Follow the log of the job's new attempt from its line 0: what was kept is
+        another attempt's, and every viewer is told to begin again (None: the step is
+        gone)."""
+        source = await self._load(self.step_id)
+        if source is None:
+            self.gone = True
+            return None
+        self.source = source
+        self._kept.clear()
+        self._kept_bytes = 0
+        # What the new attempt wrote already comes with the next read, after this.
+        self.position, self._byte_position = 0, 0
+        self._send(RestartMessage(source.attempt))
+        return source
+
     async def _follow(self) -> None:
         subscription = None
         try:
@@ -475,12 +509,18 @@ class StepFollower:
             self.position, self._byte_position = await asyncio.to_thread(
                 count_complete_lines, source.path
             )
-            self.status = status = await self._step_status(source.step_id)
+            state = await self._step_status(source.step_id)
+            self.status = status = None if state is None else state.status
             self.ready.set()
             check_status = False
             while True:
                 if check_status:
-                    new_status = await self._step_status(source.step_id)
+                    state = await self._step_status(source.step_id)
+                    if state is not None and state.attempt != source.attempt:
+                        source = await self._restart()
+                        if source is None:
+                            return
+                    new_status = None if state is None else state.status
                     if (
                         new_status is not None
                         and new_status is not status
@@ -546,13 +586,16 @@ class LogStreams:
         """(job id, step index) -> the query under way: the bus's deliveries when it
         started, and its answer to come."""
 
-    def _status_now(self, step_id: int) -> Status | None:
+    def _state_now(self, step_id: int) -> StepState | None:
         with self._session_factory() as session:
             step = session.get(Step, step_id)
-            return None if step is None else step.status
+            job = None if step is None else session.get(Job, step.job_id)
+            if step is None or job is None:
+                return None
+            return StepState(step.status, log_attempt(job.status, job.attempts))
 
-    async def step_status(self, step_id: int) -> Status | None:
-        return await asyncio.to_thread(self._status_now, step_id)
+    async def step_state(self, step_id: int) -> StepState | None:
+        return await asyncio.to_thread(self._state_now, step_id)
 
     def _source_now(self, step_id: int) -> StepSource | None:
         with self._session_factory() as session:
@@ -561,20 +604,16 @@ class LogStreams:
                 return None
             step, job, run, project = found
             secrets = service.step_secrets(session, self._settings, project)
+            attempt = log_attempt(job.status, job.attempts)
             return StepSource(
                 step_id=step.id,
                 run_id=run.id,
                 job_id=job.id,
                 index=step.index,
                 name=step.name,
-                path=step_log_path(
-                    self._settings.data_dir,
-                    run.id,
-                    job.id,
-                    step.index,
-                    log_attempt(job.status, job.attempts),
-                ),
+                path=step_log_path(self._settings.data_dir, run.id, job.id, step.index, attempt),
                 masker=service.masker_for(secrets),
+                attempt=attempt,
             )
 
     async def _load_source(self, step_id: int) -> StepSource | None:
@@ -600,7 +639,7 @@ class LogStreams:
             follower = self._followers.get(step_id)
             if follower is None:
                 follower = StepFollower(
-                    step_id, self._bus, self._load_source, self.step_status, self._forget
+                    step_id, self._bus, self._load_source, self.step_state, self._forget
                 )
                 self._followers[step_id] = follower
             try:
@@ -642,7 +681,7 @@ class LogStreams:
             await send(end_text(Status.ERROR))
             return
         final = await stream_step(self, follower, offset, send)
-        await send(end_text(final))
+        await send(end_text(final or Status.ERROR))
 
     async def _step_of_job(
         self, job_id: int, index: int, *, seen: int | None = None
@@ -699,7 +738,12 @@ class LogStreams:
                     self._step_ids.pop((job_id, index), None)  # gone: look again
                     seen = self._bus.deliveries
                     continue
-                final = await stream_step(self, follower, line, send)
+                final = await stream_step(self, follower, line, send, whole_job=True)
+                if final is None:
+                    # The job was put back in the queue: its steps run again, from the
+                    # first this viewer asked for.
+                    index, line = first_index, 0
+                    continue
                 await send(_status_text(step_id, final))
                 index, line = index + 1, 0
         finally:
@@ -727,19 +771,33 @@ async def _forward(step_id: int, message: LinesMessage, next_line: int, send: Se
 
 
 async def stream_step(
-    streams: LogStreams, follower: StepFollower, offset: int, send: Send
-) -> Status:
+    streams: LogStreams,
+    follower: StepFollower,
+    offset: int,
+    send: Send,
+    *,
+    whole_job: bool = False,
+) -> Status | None:
     """Send the step's status, then its lines from line `offset` until it ends; returns
     its final status.
 
     Messages: `{"type": "status", "step", "job", "index", "name", "status"}` first,
-    `{"type": "lines", "step", "start", "lines", "time_runs"}`, and `{"type": "status", "step",
-    "status"}` when it changes; the caller sends the end."""
+    `{"type": "lines", "step", "start", "lines", "time_runs"}`, `{"type": "status", "step",
+    "status"}` when it changes, and `{"type": "restart", "step", "attempt"}` when the job
+    was put back in the queue and the step's log begins again (the new attempt's lines
+    follow from line 0; with `whole_job`, None is returned then instead, for the caller
+    to begin again with the job's first step); the caller sends the end."""
     next_line = offset
     first = True
+    attempt = follower.source.attempt if follower.source is not None else 1
     while True:
         source = follower.source
         assert source is not None  # `LogStreams.follower` returns loaded followers
+        if source.attempt != attempt:  # requeued while this viewer caught up
+            attempt, next_line = source.attempt, 0
+            await send(_restart_text(source.step_id, attempt))
+            if whole_job:
+                return None
         viewer = Viewer()
         attachment = follower.attach(viewer)
         try:
@@ -766,6 +824,12 @@ async def stream_step(
                 if isinstance(queued, StatusMessage):
                     await send(_status_text(source.step_id, queued.status))
                     continue
+                if isinstance(queued, RestartMessage):
+                    attempt, next_line = queued.attempt, 0
+                    await send(_restart_text(source.step_id, attempt))
+                    if whole_job:
+                        return None
+                    continue
                 next_line = await _forward(source.step_id, queued, next_line, send)
         finally:
             streams.detach(follower, viewer)
@@ -774,6 +838,10 @@ async def stream_step(
         if found is None:
             return Status.ERROR
         follower = found
+
+
+def _restart_text(step_id: int, attempt: int) -> str:
+    return json.dumps({"type": "restart", "step": step_id, "attempt": attempt})
 
 
 def _status_text(step_id: int, status: Status) -> str:

@@ -63,6 +63,7 @@
       this.chunks = new Map();     // chunk index -> array of lines
       this.times = new Map();      // chunk index -> array of line times (ms since the epoch)
       this.loading = new Set();
+      this.attempt = 0;            // restarts seen: a range asked before one is dropped
       this.highlight = 0;
       this.matches = [];
       this.matchAt = -1;
@@ -189,12 +190,14 @@
     async fetch(chunk) {
       if (this.loading.has(chunk)) return;
       this.loading.add(chunk);
+      const attempt = this.attempt;
       try {
         const start = chunk * CHUNK;
         const reply = await fetch(`/api/v1/steps/${this.stepId}/log?start=${start}&end=${start + CHUNK}`,
           { credentials: "same-origin" });
         if (!reply.ok) return;
         const body = await reply.json();
+        if (attempt !== this.attempt) return;  // asked before the log began again
         const known = this.chunks.get(chunk) || [];
         const fresher = body.lines.length >= known.length;
         this.chunks.set(chunk, (fresher ? body.lines : known).slice());
@@ -218,6 +221,19 @@
       const label = this.details.querySelector("[data-line-count]");
       if (label) label.textContent = String(this.total);
       if (this.built) this.resize();
+    }
+
+    /** The step's log begins again (its job went back to the queue): no line is kept. */
+    restart() {
+      this.attempt += 1;
+      this.chunks.clear();
+      this.times.clear();
+      this.loading.clear();
+      this.matches = [];
+      this.matchAt = -1;
+      this.total = 0;
+      this.counted();
+      if (this.built) this.draw();
     }
 
     /** Lines that arrived live, `start` 0-based, with their times (if the server sent them). */
@@ -288,6 +304,7 @@
     socket.addEventListener("message", (event) => {
       const message = JSON.parse(event.data);
       if (message.type === "lines") viewer.add(message.start, message.lines, expandRuns(message.time_runs));
+      else if (message.type === "restart") viewer.restart();
       else if (message.type === "status" || message.type === "end") {
         viewer.details.dataset.status = message.status;
         setStatus(viewer.details.querySelector("[data-step-status]"), message.status);
