@@ -426,6 +426,20 @@ class TestRequeuedJob:
         db_session.commit()
         return agent_row.id
 
+    def _requeue_once_seen(
+        self, connection: ClientConnection, lines: int, app: FastAPI, job_id: int, agent_id: int
+    ) -> None:
+        """Once the viewer got `lines` lines live, the job goes back to the queue (its
+        agent lost) and is claimed again: attempt 2 runs."""
+        seen = 0
+        while seen < lines:
+            message = json.loads(connection.recv(timeout=RECEIVE_TIMEOUT))
+            seen += len(message.get("lines", []))
+        self._in_job(app, job_id, lambda session, job: state.requeue_job(
+            session, job, reason="agent lost"
+        ))  # fmt: skip
+        self._start(app, job_id, agent_id)
+
     @staticmethod
     def _restarts(messages: list[dict[str, Any]]) -> list[int]:
         return [i for i, m in enumerate(messages) if m["type"] == "restart"]
@@ -449,14 +463,7 @@ class TestRequeuedJob:
             server_url, f"/api/v1/runs/{records.run.id}/logs/ws?step={step_id}&token={token}"
         )
         with connect(url) as connection:
-            seen = 0
-            while seen < 300:  # the first attempt's lines, live
-                message = json.loads(connection.recv(timeout=RECEIVE_TIMEOUT))
-                seen += len(message.get("lines", []))
-            self._in_job(server_app, job_id, lambda session, job: state.requeue_job(
-                session, job, reason="agent lost"
-            ))  # fmt: skip
-            self._start(server_app, job_id, agent_id)
+            self._requeue_once_seen(connection, 300, server_app, job_id, agent_id)
             second = Agentlike(server_app, server_settings, step_id)
             second.start()
             _send_in_random_batches(second, _numbered(0, 1_000), seed=5)
@@ -495,14 +502,7 @@ class TestRequeuedJob:
         running.send(_numbered(0, 20))
         url = _ws_url(server_url, f"/jobs/{job_id}/ws?token={token}")
         with connect(url) as connection:
-            seen = 0
-            while seen < 70:
-                message = json.loads(connection.recv(timeout=RECEIVE_TIMEOUT))
-                seen += len(message.get("lines", []))
-            self._in_job(server_app, job_id, lambda session, job: state.requeue_job(
-                session, job, reason="agent lost"
-            ))  # fmt: skip
-            self._start(server_app, job_id, agent_id)
+            self._requeue_once_seen(connection, 70, server_app, job_id, agent_id)
             for step_id, count in ((first_step, 400), (second_step, 30)):
                 agent = Agentlike(server_app, server_settings, step_id)
                 agent.start()
