@@ -809,32 +809,7 @@ class MirrorCache:
     def describe(self, url: str, ref: str, *, fetch: bool = True) -> CommitInfo:
         """The commit `ref` names (resolved as `resolve` does), with its message and author,
         and the branch or tag `ref` named; no workspace is made."""
-        return self._describe(url, ref, fetch=fetch)
-
-    def _describe(self, url: str, ref: str, *, fetch: bool) -> CommitInfo:
-        # A full sha the mirror holds, the usual case for an agent, takes one git
-        # process for the lookup and the commit's facts together.
-        _check_ref(ref)
-        mirror = self.mirror_path(url)
-        if _FULL_SHA.match(ref) and _is_bare_repository(mirror):
-            commit = self._read_commit(mirror, ref, branch=None, tag=None)
-            if commit is not None:
-                return commit
-        resolved = self._resolve(url, ref, fetch=fetch)
-        mirror = self._existing_mirror(url)
-        commit = self._read_commit(mirror, resolved.sha, branch=resolved.branch, tag=resolved.tag)
-        if commit is None:
-            raise CheckoutError(f"commit {resolved.sha} vanished from {mirror} while reading it")
-        return commit
-
-    def _read_commit(
-        self, mirror: Path, sha: str, *, branch: str | None, tag: str | None
-    ) -> CommitInfo | None:
-        with _locked(self._lock_path(mirror), exclusive=False):
-            (found,) = _read_objects(
-                mirror, [f"{sha}^{{commit}}"], doing=f"reading commit {sha} in {mirror}"
-            )
-        return None if found is None else _parse_commit(found, branch=branch, tag=tag)
+        return self.snapshot(url, ref, (), fetch=fetch).commit
 
     def snapshot(
         self, url: str, ref: str, paths: Sequence[str], *, fetch: bool = True
@@ -842,27 +817,38 @@ class MirrorCache:
         """The commit `ref` names (as `describe` gives it) with the files at `paths` read
         in the same git process: what the server needs at a trigger (the commit and its
         pipeline file). Other files are read through the snapshot's `read_file`."""
-        for path in paths:
-            _path_in_tree(path)
+        in_tree = [_path_in_tree(path) for path in paths]
         _check_ref(ref)
         mirror = self.mirror_path(url)
-        # A full sha the mirror holds is looked up with the files, as `describe` does.
-        direct = bool(_FULL_SHA.match(ref)) and _is_bare_repository(mirror)
-        resolved = _ResolvedRef(ref) if direct else self._resolve(url, ref, fetch=fetch)
-        sha, branch, tag = resolved.sha, resolved.branch, resolved.tag
-        names = [f"{sha}^{{commit}}", *(f"{sha}:{_path_in_tree(path)}" for path in paths)]
-        doing = f"reading commit {sha} in {mirror}"
+        found: list[_Object | None] | None = None
+        branch = tag = None
+        if _FULL_SHA.match(ref) and _is_bare_repository(mirror):
+            # A full sha the mirror holds, the usual case for an agent: the lookup and
+            # the reading take one git process.
+            found = self._read_at(mirror, ref, in_tree)
+        if found is None:
+            resolved = self._resolve(url, ref, fetch=fetch)
+            branch, tag = resolved.branch, resolved.tag
+            mirror = self._existing_mirror(url)
+            found = self._read_at(mirror, resolved.sha, in_tree)
+            if found is None:
+                raise CheckoutError(
+                    f"commit {resolved.sha} vanished from {mirror} while reading it"
+                )
+        commit_object, *files = found
+        assert commit_object is not None  # `_read_at` gives None when it is missing
+        commit = _parse_commit(commit_object, branch=branch, tag=tag)
+        return CommitSnapshot(commit, self, url, dict(zip(paths, files, strict=True)))
+
+    def _read_at(
+        self, mirror: Path, sha: str, in_tree: Sequence[str]
+    ) -> list[_Object | None] | None:
+        """The commit `sha` and the files at `in_tree` in it, in one git process; None
+        when the mirror holds no such commit."""
+        names = [f"{sha}^{{commit}}", *(f"{sha}:{path}" for path in in_tree)]
         with _locked(self._lock_path(mirror), exclusive=False):
-            found = _read_objects(mirror, names, doing=doing)
-        if found[0] is None and direct:  # not held yet: fetched (or not found) as resolved
-            self._resolve(url, ref, fetch=fetch)
-            with _locked(self._lock_path(mirror), exclusive=False):
-                found = _read_objects(mirror, names, doing=doing)
-        if found[0] is None:
-            raise CheckoutError(f"commit {sha} vanished from {mirror} while reading it")
-        commit = _parse_commit(found[0], branch=branch, tag=tag)
-        files = dict(zip(paths, found[1:], strict=True))
-        return CommitSnapshot(commit, self, url, files)
+            found = _read_objects(mirror, names, doing=f"reading commit {sha} in {mirror}")
+        return None if found[0] is None else found
 
     def read_file(self, url: str, sha: str, path: str) -> str | None:
         """The text of `path` at commit `sha`, or None when the commit has no such file.
@@ -899,7 +885,7 @@ class MirrorCache:
         The workspace's ``origin`` is `url` without credentials, so relative submodule
         URLs work. `branch` / `tag` in the result are set when `ref` names one.
         """
-        commit = self._describe(url, ref, fetch=True)
+        commit = self.describe(url, ref, fetch=True)
         self._make_workspace(url, self._existing_mirror(url), commit.sha, dest)
         return commit
 
