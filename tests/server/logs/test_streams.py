@@ -134,6 +134,33 @@ class Agentlike:
         self._in_transaction(lambda session, step: state.finish_step(session, step, status))
 
 
+def _in_job(app: FastAPI, job_id: int, change: Callable[[Session, Job], None]) -> None:
+    """`change` the job in a transaction of the server's own sessions (so its events
+    go out), as the server's services would."""
+    factory: sessionmaker[Session] = app.state.session_factory
+    with factory() as session:
+        session.connection(execution_options=dialect.write_transaction_options(app.state.engine))
+        job = session.get(Job, job_id)
+        assert job is not None
+        change(session, job)
+        session.commit()
+
+
+def _add_agent(session: Session) -> int:
+    agent_row = Agent(name="a1")
+    session.add(agent_row)
+    session.commit()
+    return agent_row.id
+
+
+def _start_job(app: FastAPI, job_id: int, agent_id: int) -> None:
+    """The agent claimed the job: one more attempt runs."""
+    _in_job(app, job_id, lambda session, job: state.start_job(
+        session, job, agent_id=agent_id, lease_id=f"lease-{job.attempts}",
+        lease_expires_at=utcnow() + timedelta(minutes=5),
+    ))  # fmt: skip
+
+
 def _numbered(first: int, count: int) -> bytes:
     return b"".join(f"line {i} {'=' * (i % 40)}\n".encode() for i in range(first, first + count))
 
@@ -275,37 +302,21 @@ class TestFollowJob:
     ) -> None:
         records = add_run(db_session, steps=3)
         token = _token(db_session)
-        agent_row = Agent(name="a1")
-        db_session.add(agent_row)
-        db_session.commit()
+        agent_id = _add_agent(db_session)
         url = _ws_url(server_url, f"/jobs/{records.job.id}/ws?token={token}")
-        factory: sessionmaker[Session] = server_app.state.session_factory
-        write_options = dialect.write_transaction_options(server_app.state.engine)
 
         def run_job() -> None:
-            with factory() as session:
-                session.connection(execution_options=write_options)
-                job = session.get(Job, records.job.id)
-                assert job is not None
-                state.start_job(
-                    session,
-                    job,
-                    agent_id=agent_row.id,
-                    lease_id="lease",
-                    lease_expires_at=utcnow() + timedelta(minutes=5),
-                )
-                session.commit()
+            _start_job(server_app, records.job.id, agent_id)
             for step in records.steps[:2]:
                 agent = Agentlike(server_app, server_settings, step.id)
                 agent.start()
                 _send_in_random_batches(agent, _numbered(0, 2_000), seed=step.index)
                 agent.finish()
-            with factory() as session:
-                session.connection(execution_options=write_options)
-                job = session.get(Job, records.job.id)
-                assert job is not None
-                state.finish_job(session, job, Status.SUCCESS)  # the third step: skipped
-                session.commit()
+            _in_job(  # the third step: skipped
+                server_app,
+                records.job.id,
+                lambda session, job: state.finish_job(session, job, Status.SUCCESS),
+            )
 
         worker = threading.Thread(target=run_job)
         with connect(url) as connection:
@@ -341,11 +352,7 @@ class TestFollowJob:
         every change of the run: viewers woken by the same change make one query."""
         records = add_run(db_session, steps=1)
         token = _token(db_session)
-        agent_row = Agent(name="a1")
-        db_session.add(agent_row)
-        db_session.commit()
-        factory: sessionmaker[Session] = server_app.state.session_factory
-        write_options = dialect.write_transaction_options(server_app.state.engine)
+        agent_id = _add_agent(db_session)
         looks: list[int] = []
         original = streams.LogStreams._job_step
 
@@ -355,23 +362,7 @@ class TestFollowJob:
 
         monkeypatch.setattr(streams.LogStreams, "_job_step", counted)
 
-        def in_job(change: Callable[[Session, Job], None]) -> None:
-            with factory() as session:
-                session.connection(execution_options=write_options)
-                job = session.get(Job, records.job.id)
-                assert job is not None
-                change(session, job)
-                session.commit()
-
-        in_job(
-            lambda session, job: state.start_job(
-                session,
-                job,
-                agent_id=agent_row.id,
-                lease_id="lease",
-                lease_expires_at=utcnow() + timedelta(minutes=5),
-            )
-        )
+        _start_job(server_app, records.job.id, agent_id)
         agent = Agentlike(server_app, server_settings, records.steps[0].id)
         agent.start()
         agent.send(_numbered(0, 10))
@@ -392,7 +383,11 @@ class TestFollowJob:
             for _ in range(3):  # changes of the run that are not yet its end
                 bus.publish([Event(topic=f"run:{records.run.id}", kind="status")])
                 time.sleep(0.1)
-            in_job(lambda session, job: state.finish_job(session, job, Status.SUCCESS))
+            _in_job(
+                server_app,
+                records.job.id,
+                lambda session, job: state.finish_job(session, job, Status.SUCCESS),
+            )
             for connection in connections:
                 assert _receive_all(connection)[-1] == {"type": "end", "status": "success"}
         # Without sharing: a look per viewer at each wake-up (20 x 5 here at least).
@@ -403,29 +398,6 @@ class TestRequeuedJob:
     """A job put back in the queue (its agent was lost) runs again under a new attempt,
     whose log begins empty: viewers are told (`restart`) and get the new lines from 0."""
 
-    def _start(self, app: FastAPI, job_id: int, agent_id: int) -> None:
-        self._in_job(app, job_id, lambda session, job: state.start_job(
-            session, job, agent_id=agent_id, lease_id=f"lease-{job.attempts}",
-            lease_expires_at=utcnow() + timedelta(minutes=5),
-        ))  # fmt: skip
-
-    def _in_job(self, app: FastAPI, job_id: int, change: Callable[[Session, Job], None]) -> None:
-        factory: sessionmaker[Session] = app.state.session_factory
-        with factory() as session:
-            session.connection(
-                execution_options=dialect.write_transaction_options(app.state.engine)
-            )
-            job = session.get(Job, job_id)
-            assert job is not None
-            change(session, job)
-            session.commit()
-
-    def _agent(self, db_session: Session) -> int:
-        agent_row = Agent(name="a1")
-        db_session.add(agent_row)
-        db_session.commit()
-        return agent_row.id
-
     def _requeue_once_seen(
         self, connection: ClientConnection, lines: int, app: FastAPI, job_id: int, agent_id: int
     ) -> None:
@@ -435,10 +407,10 @@ class TestRequeuedJob:
         while seen < lines:
             message = json.loads(connection.recv(timeout=RECEIVE_TIMEOUT))
             seen += len(message.get("lines", []))
-        self._in_job(app, job_id, lambda session, job: state.requeue_job(
+        _in_job(app, job_id, lambda session, job: state.requeue_job(
             session, job, reason="agent lost"
         ))  # fmt: skip
-        self._start(app, job_id, agent_id)
+        _start_job(app, job_id, agent_id)
 
     @staticmethod
     def _restarts(messages: list[dict[str, Any]]) -> list[int]:
@@ -453,9 +425,9 @@ class TestRequeuedJob:
     ) -> None:
         records = add_run(db_session, steps=1)
         token = _token(db_session)
-        agent_id = self._agent(db_session)
+        agent_id = _add_agent(db_session)
         step_id, job_id = records.steps[0].id, records.job.id
-        self._start(server_app, job_id, agent_id)
+        _start_job(server_app, job_id, agent_id)
         first = Agentlike(server_app, server_settings, step_id)
         first.start()
         first.send(_numbered(0, 300))
@@ -489,10 +461,10 @@ class TestRequeuedJob:
     ) -> None:
         records = add_run(db_session, steps=2)
         token = _token(db_session)
-        agent_id = self._agent(db_session)
+        agent_id = _add_agent(db_session)
         first_step, second_step = (step.id for step in records.steps)
         job_id = records.job.id
-        self._start(server_app, job_id, agent_id)
+        _start_job(server_app, job_id, agent_id)
         done = Agentlike(server_app, server_settings, first_step)
         done.start()
         done.send(_numbered(0, 50))
@@ -508,7 +480,7 @@ class TestRequeuedJob:
                 agent.start()
                 agent.send(_numbered(0, count))
                 agent.finish()
-            self._in_job(
+            _in_job(
                 server_app,
                 job_id,
                 lambda session, job: state.finish_job(session, job, Status.SUCCESS),

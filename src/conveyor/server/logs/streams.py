@@ -681,7 +681,8 @@ class LogStreams:
             await send(end_text(Status.ERROR))
             return
         final = await stream_step(self, follower, offset, send)
-        await send(end_text(final or Status.ERROR))
+        assert final is not None  # a restart is followed within the step's stream
+        await send(end_text(final))
 
     async def _step_of_job(
         self, job_id: int, index: int, *, seen: int | None = None
